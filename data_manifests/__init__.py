@@ -1,0 +1,1 @@
+"""Manifests shipped with unprompt (read through importlib.resources)."""

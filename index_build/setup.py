@@ -1,0 +1,54 @@
+"""Make sure every index a profile names exists and is current; build (incrementally) what is not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from index_build.build import BuildOptions, build_index
+from index_build.manifest import load_manifest
+from retriever.encoders import create_space, text_tower
+from retriever.errors import IndexIntegrityError
+from retriever.index import read_record, verify_files
+from retriever.paths import index_dir
+from retriever.profile import Profile
+
+
+@dataclass
+class SetupResult:
+    name: str
+    path: Path
+    built: bool
+    count: int
+    seconds: float
+
+
+def index_is_current(directory: Path, manifest_hash: str, model_id: str) -> bool:
+    try:
+        record = read_record(directory)
+        verify_files(directory, record, checksums=False)
+    except IndexIntegrityError:
+        return False
+    return record.manifest_hash == manifest_hash and record.model_id == model_id
+
+
+def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force: bool = False) -> list[SetupResult]:
+    import time
+
+    results = []
+    space = None
+    for ref in profile.retrieve.indexes:
+        directory = index_dir(ref.name)
+        if ref.manifest is None:
+            read_record(directory)  # raises a clear error when a manifest-less index is missing
+            continue
+        manifest = load_manifest(ref.manifest)
+        space = space or create_space(profile.retrieve.space)
+        if not force and index_is_current(directory, manifest.digest(), space.text_model_id):
+            record = read_record(directory)
+            results.append(SetupResult(ref.name, directory, False, record.count, 0.0))
+            continue
+        t = time.perf_counter()
+        report = build_index(manifest, text_tower(space), directory, options)
+        results.append(SetupResult(ref.name, directory, True, report.record.count, time.perf_counter() - t))
+    return results

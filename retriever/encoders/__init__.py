@@ -1,0 +1,37 @@
+"""Encoders behind small interfaces, and the one factory that builds them from a profile spec."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from retriever.encoders.base import ImageEncoder, Space, TextEncoder, l2_normalize
+from retriever.profile import BridgeSpaceSpec, ClipSpaceSpec
+
+__all__ = ["ImageEncoder", "Space", "TextEncoder", "create_space", "l2_normalize", "text_tower"]
+
+
+@lru_cache(maxsize=8)
+def create_space(spec: ClipSpaceSpec | BridgeSpaceSpec) -> Space:
+    """Build (once per process and spec) the joint image-text space a profile names."""
+    if isinstance(spec, ClipSpaceSpec):
+        from retriever.encoders.clip import ClipSpace
+
+        return ClipSpace(spec)
+    from retriever.encoders.bridge import BridgeSpace
+    from retriever.encoders.efficientnet import EfficientNetLiteClassifier
+    from retriever.encoders.minilm import sentence_encoder
+
+    return BridgeSpace(
+        EfficientNetLiteClassifier(spec.classifier),
+        sentence_encoder(spec.text_model),
+        class_template=spec.class_template,
+        top_classes=spec.top_classes,
+        temperature=spec.temperature,
+    )
+
+
+def text_tower(space: Space) -> TextEncoder:
+    """The encoder that embeds index texts for this space (its model_id is the space's text_model_id)."""
+    tower = getattr(space, "text", space)
+    assert tower.model_id == space.text_model_id
+    return tower

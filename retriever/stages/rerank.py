@@ -1,0 +1,75 @@
+"""Rerank: score candidates against the image in a second space and drop those under a floor.
+
+Text embeddings of known texts come from the index directory when it holds them in the
+rerank space (the index was built with that text tower, or a rerank cache was built
+beside it); only texts never seen before are embedded, once, and then remembered.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+
+from retriever.encoders.base import Space
+from retriever.index import TextIndex
+from retriever.stages.candidates import Candidate, Candidates
+
+
+class TextEmbeddings:
+    """Rerank-space embeddings for candidate texts: stored ones first, then a bounded memo."""
+
+    def __init__(self, space: Space, indexes: dict[str, TextIndex], memo_size: int = 100_000) -> None:
+        self.space = space
+        self.stored = {name: ix for name, ix in indexes.items() if ix.embeddings_for(space.text_model_id)}
+        self.memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.memo_size = memo_size
+        self.computed = 0  # texts embedded here (for tests and metrics)
+
+    def for_candidates(self, cands: Sequence[Candidate]) -> np.ndarray:
+        out = np.zeros((len(cands), self.space.dim), dtype=np.float32)
+        missing: list[int] = []
+        by_index: dict[str, list[int]] = {}
+        for i, c in enumerate(cands):
+            (by_index.setdefault(c.index, []) if c.index in self.stored else missing).append(i)
+        for name, positions in by_index.items():
+            vectors = self.stored[name].embeddings_for(self.space.text_model_id)(
+                [cands[p].row for p in positions]
+            )
+            out[positions] = vectors
+        if missing:
+            out[missing] = self.for_texts([cands[i].text for i in missing])
+        return out
+
+    def for_texts(self, texts: Sequence[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if new:
+            for t, v in zip(new, self.space.encode_text(new)):
+                self.memo[t] = v
+            self.computed += len(new)
+            while len(self.memo) > self.memo_size:
+                self.memo.popitem(last=False)
+        for t in texts:
+            self.memo.move_to_end(t)
+        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, self.space.dim), np.float32)
+
+
+class Reranker:
+    def __init__(self, embeddings: TextEmbeddings, floor: float, keep: int) -> None:
+        self.embeddings = embeddings
+        self.floor = floor
+        self.keep = keep
+
+    def rerank(self, image_vector: np.ndarray, candidates: Candidates) -> Candidates:
+        """Candidates per kind re-scored by cosine with the image, sorted, floored and cut to `keep`."""
+        out: Candidates = {}
+        for kind, cands in candidates.items():
+            if not cands:
+                continue
+            scores = self.embeddings.for_candidates(cands) @ image_vector
+            rescored = sorted((c.with_rerank(float(s)) for c, s in zip(cands, scores)), key=lambda c: -c.score)
+            kept = [c for c in rescored if c.score >= self.floor][: self.keep]
+            if kept:
+                out[kind] = kept
+        return out
