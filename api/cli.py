@@ -22,6 +22,8 @@ examples:
   unprompt predict photo.jpg                  print a prompt for an image
   unprompt predict a.png b.png --json         JSON lines: prompt, embedding, candidates, timings
   unprompt build-index data_manifests/components.toml --out ./my-index
+  unprompt eval data_manifests/examples/eval.csv   per-stage scores and an HTML report
+  unprompt score --truth truth.csv --predictions submission.csv
 
 Profiles: {profiles} (default {default}; set --profile or ${env}).
 Indexes and caches live in $UNPROMPT_HOME (default ~/.cache/unprompt).
@@ -101,12 +103,106 @@ def cmd_build_index(args: argparse.Namespace) -> int:
         shard_size=args.shard_size, memory_budget=int(args.memory_budget * GiB), exact_max=args.exact_max,
         factory=args.factory, reduce_to=args.pca, opq=args.opq, progress=not args.quiet,
     )
-    report = build_index(manifest, encoder, Path(args.out), options)
+    from index_build.setup import rerank_towers
+
+    report = build_index(manifest, encoder, Path(args.out), options, rerank_encoders=rerank_towers(profile))
     rec = report.record
     print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
     print("embedded: " + ", ".join(f"{k}={v}" for k, v in report.embedded.items()))
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in report.timings_s.items()))
     print(f"written to {report.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- train-regressor
+def cmd_train_regressor(args: argparse.Namespace) -> int:
+    from index_build.train_head import TrainConfig, cached_image_features, read_prompts, read_table, train_head
+    from retriever.encoders import create_space
+    from retriever.encoders.minilm import sentence_encoder
+    from retriever.paths import resolve_home_path
+    from retriever.profile import load_profile
+    from retriever.stages.regress import save_head
+
+    profile = load_profile(args.profile)
+    if not args.pairs and not args.prompts:
+        raise UnpromptError("give --pairs FILE (image, prompt) or --prompts FILE (prompts only)")
+    space = create_space(profile.retrieve.space)
+    metric = sentence_encoder(profile.metric_model)
+    if args.pairs:
+        table = read_table(args.pairs)
+        missing = {args.image_column, args.prompt_column} - set(table.columns)
+        if missing:
+            raise UnpromptError(f"{args.pairs} has no column(s) {', '.join(sorted(missing))}")
+        base = Path(args.pairs).parent
+        paths = [str(p if Path(p).is_absolute() else base / p) for p in table[args.image_column].to_list()]
+        prompts = [str(p) for p in table[args.prompt_column].to_list()]
+        features = cached_image_features(space, paths)
+        mode = "pairs"
+    else:
+        if profile.retrieve.space.kind != "open_clip":
+            raise UnpromptError("--prompts (text-only initialisation) needs a CLIP retrieval space")
+        prompts = read_prompts(args.prompts, args.prompt_column)
+        features = space.encode_text(prompts)
+        mode = "prompts"
+    targets = metric.encode_text(prompts)
+    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, lr=args.lr, val_fraction=args.val_fraction,
+                         patience=args.patience, seed=args.seed)
+    result = train_head(features, targets, config, progress=True)
+    out = Path(args.out) if args.out else resolve_home_path(profile.regress.head or f"heads/{profile.name}.pt")
+    meta = {
+        "feature_model_id": space.model_id, "in_dim": int(features.shape[1]),
+        "target_model_id": metric.model_id, "out_dim": int(targets.shape[1]), "hidden": args.hidden,
+        "mode": mode, "profile": profile.name,
+        "metrics": {"train_cosine": result.train_cosine, "val_cosine": result.val_cosine,
+                    "epochs": result.epochs, "n_train": result.n_train, "n_val": result.n_val},
+    }
+    save_head(out, result.head, meta)
+    print(f"head saved to {out}: {mode}, {result.n_train} train / {result.n_val} validation pairs, "
+          f"validation cosine {result.val_cosine:.4f} after {result.epochs} epochs")
+    return 0
+
+
+# ---------------------------------------------------------------- score / submit / eval
+def cmd_score(args: argparse.Namespace) -> int:
+    from retriever.evaluation.run import score_files
+
+    result = score_files(args.truth, args.predictions, args.bootstrap, args.seed)
+    if args.json:
+        print(json.dumps({**result.score.as_dict(), "per_image": dict(zip(result.ids, map(float, result.cosines)))}))
+    else:
+        s = result.score
+        print(f"score {s.mean:.6f}  n={s.n}  95% CI [{s.ci_low:.6f}, {s.ci_high:.6f}]")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from retriever.evaluation.run import submit
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    interrogator = Interrogator.from_profile(load_profile(args.profile))
+    n = submit(interrogator, args.images_dir, args.out)
+    print(f"wrote {args.out}: {n} images x 384 rows")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from index_build.train_head import read_prompts
+    from retriever.evaluation.report import write_report
+    from retriever.evaluation.run import DEFAULT_CONSTANT_PROMPT, evaluate
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    profile = load_profile(args.profile)
+    interrogator = Interrogator.from_profile(profile)
+    train = read_prompts(args.train_prompts) if args.train_prompts else None
+    result = evaluate(interrogator, args.manifest, train, args.constant_prompt or DEFAULT_CONSTANT_PROMPT,
+                      args.bootstrap, args.seed)
+    out = write_report(result, args.out or f"eval-{profile.name}")
+    print(f"{'stage':<22}{'mean':>9}  95% CI")
+    for name, s in [*result.stages.items(), *((f"baseline: {k}", v) for k, v in result.baselines.items())]:
+        print(f"{name:<22}{s.mean:>9.4f}  [{s.ci_low:.4f}, {s.ci_high:.4f}]")
+    print(f"report: {out / 'report.html'} (+ report.json, per_image.csv)")
     return 0
 
 
@@ -168,6 +264,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opq", action="store_true", help="rotate with OPQ before PQ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser(
+        "train-regressor", help="train the head that maps image features to MiniLM space",
+        formatter_class=_Formatter,
+        description="Train a regressor head for the profile's retrieval space with a cosine loss, a validation "
+                    "split and early stopping. --pairs trains on (image, prompt) pairs (image features cached); "
+                    "--prompts fits CLIP text embeddings -> MiniLM from prompts alone, then serves on image "
+                    "embeddings. The head records its model ids and dimensions and is refused if they do not fit.",
+        epilog="examples:\n  unprompt train-regressor --profile kaggle --pairs train.csv\n"
+               "  unprompt train-regressor --profile kaggle --prompts diffusiondb_prompts.parquet --out head.pt",
+    )
+    _add_profile(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--pairs", help="CSV/parquet/JSONL with image paths (relative to the file) and prompts")
+    src.add_argument("--prompts", help="text file (one prompt a line) or table with a prompt column")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--out", default=None, help="head file (default: the profile's regress.head under $UNPROMPT_HOME)")
+    p.add_argument("--hidden", type=int, default=0, help="hidden width of a 2-layer MLP head (0 = linear)")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_regressor)
+
+    p = sub.add_parser(
+        "score", help="score predictions against ground truth on the Kaggle metric", formatter_class=_Formatter,
+        description="Mean cosine between all-MiniLM-L6-v2 embeddings of predicted and true prompts, with a bootstrap "
+                    "95%% confidence interval. Ground truth: CSV/parquet with imgId,prompt. Predictions: imgId,prompt, "
+                    "or Kaggle's long format imgId_eId,val (384 rows per image). Mismatched or duplicate ids, wrong "
+                    "row counts and non-finite values are refused, naming the ids.",
+        epilog="examples:\n  unprompt score --truth prompts.csv --predictions submission.csv\n"
+               "  unprompt score --truth prompts.parquet --predictions guesses.csv --json",
+    )
+    p.add_argument("--truth", required=True, help="ground truth table: imgId,prompt")
+    p.add_argument("--predictions", required=True, help="imgId,prompt or imgId_eId,val")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the interval")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print mean, n, interval and per-image cosines as JSON")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "submit", help="write a Kaggle submission for a folder of images", formatter_class=_Formatter,
+        description="Run the profile over every image in a folder and write Kaggle's long format: imgId_eId,val "
+                    "with image ids (file names without suffix) sorted, then _0 to _383.",
+        epilog="examples:\n  unprompt submit images/ --out submission.csv\n"
+               "  unprompt submit /kaggle/input/images --profile kaggle --out submission.csv",
+    )
+    p.add_argument("images_dir", help="folder of images")
+    _add_profile(p)
+    p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "eval", help="score every stage on (image, prompt) pairs and write a report", formatter_class=_Formatter,
+        description="Run the pipeline over a manifest of (image, prompt) pairs. Scores the retrieval-only prompt, "
+                    "the assembled prompt, the regressor, the final blend, a constant prompt and the mean training "
+                    "embedding; writes report.json, per_image.csv and report.html (plots, best and worst examples).",
+        epilog="examples:\n  unprompt eval data_manifests/examples/eval.csv\n"
+               "  unprompt eval pairs.parquet --profile kaggle --train-prompts train.csv --out reports/kaggle",
+    )
+    p.add_argument("manifest", help="CSV/parquet with image (path, relative to the file) and prompt columns")
+    _add_profile(p)
+    p.add_argument("--out", default=None, help="report folder (default eval-<profile>)")
+    p.add_argument("--train-prompts", default=None,
+                   help="prompts for the mean-embedding baseline (default: leave-one-out over the manifest)")
+    p.add_argument("--constant-prompt", default=None, help="prompt for the constant baseline")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

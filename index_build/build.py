@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -83,7 +83,13 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, options: BuildOptions | None = None) -> BuildReport:
+def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, options: BuildOptions | None = None,
+                rerank_encoders: Sequence[TextEncoder] = ()) -> BuildReport:
+    """Build (or resume, or incrementally rebuild) the index for ``manifest`` in ``out``.
+
+    ``rerank_encoders``: other text towers whose embeddings of every row are stored beside the
+    index (a rerank cache), so the service never re-embeds a known text.
+    """
     import faiss
     import polars as pl
 
@@ -101,6 +107,12 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         embedded = embedding.embed_sources(
             sources, encoder, shard_root, opts.shard_size, embed_fn=opts.embed_fn, progress=opts.progress
         )
+        for extra in rerank_encoders:
+            extra_counts = embedding.embed_sources(
+                sources, extra, shard_root, opts.shard_size, progress=opts.progress
+            )
+            for name, count in extra_counts.items():
+                embedded[name] += count
         timings["embed_s"] = time.perf_counter() - t
 
         # rows grouped by kind, in the order kinds first appear in the manifest
@@ -113,13 +125,13 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
             raise ManifestError(f"manifest {manifest.name!r} yields no texts after filtering")
         choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory)
 
-        def chunks() -> Iterator[tuple[SourceTexts, np.ndarray]]:
+        def chunks(model_id: str = encoder.model_id) -> Iterator[tuple[SourceTexts, np.ndarray]]:
             for st, rows in ordered:
-                vectors = embedding.load_source_vectors(shard_root, encoder.model_id, st, opts.shard_size)
+                vectors = embedding.load_source_vectors(shard_root, model_id, st, opts.shard_size)
                 yield st, l2_normalize(vectors[np.asarray(rows, dtype=np.int64)].astype(np.float32))
 
         build_id = hashlib.sha256(
-            json.dumps([manifest.digest(), encoder.model_id, choice.factory,
+            json.dumps([manifest.digest(), encoder.model_id, [e.model_id for e in rerank_encoders], choice.factory,
                         [(st.source.name, st.content_hash) for st, _ in ordered]]).encode()
         ).hexdigest()[:12]
 
@@ -172,24 +184,40 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         if vectors_mm is not None:
             del vectors_mm
             commit_file("vectors", vec_path, f"vectors-{build_id}.npy")
+        rerank_caches: dict[str, str] = {}
+        for extra in rerank_encoders:
+            role = f"rerank-{embedding.model_key(extra.model_id)}"
+            tmp = out / f".{role}-{build_id}.npy.tmp"
+            cache = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, extra.dim))
+            offset = 0
+            for _, block in chunks(extra.model_id):
+                cache[offset : offset + len(block)] = block
+                offset += len(block)
+            cache.flush()
+            del cache
+            commit_file(role, tmp, f"{role}-{build_id}.npy")
+            rerank_caches[extra.model_id] = role
         timings["write_s"] = time.perf_counter() - t
 
         record = BuildRecord(
             build_id=build_id, name=manifest.name, model_id=encoder.model_id, dim=encoder.dim, count=n,
-            factory=choice.factory, exact=choice.exact, kinds=kind_ranges, files=files, sources=source_entries,
+            factory=choice.factory, exact=choice.exact, rerank_caches=rerank_caches, kinds=kind_ranges, files=files, sources=source_entries,
             manifest_hash=manifest.digest(), timings_s={k: round(v, 3) for k, v in timings.items()},
             versions=_versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
         tmp = out / f".{RECORD_NAME}.tmp"
         _fsync_write(tmp, record.model_dump_json(indent=2).encode())
         tmp.replace(out / RECORD_NAME)  # the commit point
-        _collect_garbage(out, build_id, shard_root, encoder.model_id, [st for st, _ in ordered])
+        for model_id in [encoder.model_id, *(e.model_id for e in rerank_encoders)]:
+            _collect_garbage(out, build_id, shard_root, model_id, [st for st, _ in ordered])
         return BuildReport(out, record, embedded, choice, timings)
 
 
 def _collect_garbage(out: Path, build_id: str, shard_root: Path, model_id: str, used: list[SourceTexts]) -> None:
     for path in out.iterdir():
-        if path.is_file() and path.name.split("-", 1)[0] in ("index", "meta", "vectors") and build_id not in path.name:
+        stale_file = path.name.split("-", 1)[0] in ("index", "meta", "vectors", "rerank") and build_id not in path.name
+        leftover_tmp = path.name.startswith(".") and path.name.endswith(".tmp")  # from a killed build
+        if path.is_file() and (stale_file or leftover_tmp):
             path.unlink(missing_ok=True)
     model_dir = shard_root / embedding.model_key(model_id)
     wanted = {embedding.source_shard_dir(shard_root, model_id, st).name for st in used}

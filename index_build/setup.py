@@ -23,13 +23,22 @@ class SetupResult:
     seconds: float
 
 
-def index_is_current(directory: Path, manifest_hash: str, model_id: str) -> bool:
+def index_is_current(directory: Path, manifest_hash: str, model_id: str, rerank_ids: list[str]) -> bool:
     try:
         record = read_record(directory)
         verify_files(directory, record, checksums=False)
     except IndexIntegrityError:
         return False
-    return record.manifest_hash == manifest_hash and record.model_id == model_id
+    return (record.manifest_hash == manifest_hash and record.model_id == model_id
+            and set(rerank_ids) <= set(record.rerank_caches))
+
+
+def rerank_towers(profile: Profile) -> list:
+    """Text towers of a rerank space that differs from the retrieval space (their caches go beside the index)."""
+    if profile.rerank.space == "retrieval":
+        return []
+    retrieval, rerank = create_space(profile.retrieve.space), create_space(profile.rerank.space)
+    return [] if rerank.text_model_id == retrieval.text_model_id else [text_tower(rerank)]
 
 
 def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force: bool = False) -> list[SetupResult]:
@@ -44,11 +53,13 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
             continue
         manifest = load_manifest(ref.manifest)
         space = space or create_space(profile.retrieve.space)
-        if not force and index_is_current(directory, manifest.digest(), space.text_model_id):
+        extras = rerank_towers(profile)
+        if not force and index_is_current(directory, manifest.digest(), space.text_model_id,
+                                          [e.model_id for e in extras]):
             record = read_record(directory)
             results.append(SetupResult(ref.name, directory, False, record.count, 0.0))
             continue
         t = time.perf_counter()
-        report = build_index(manifest, text_tower(space), directory, options)
+        report = build_index(manifest, text_tower(space), directory, options, rerank_encoders=extras)
         results.append(SetupResult(ref.name, directory, True, report.record.count, time.perf_counter() - t))
     return results

@@ -30,6 +30,7 @@ STAGES = ("image_encode", "retrieve", "rerank", "assemble", "regress", "blend")
 @dataclass
 class Interrogation:
     prompt: str
+    retrieval_prompt: str  # the best caption or subject alone: the retrieval-only answer
     embedding: np.ndarray  # final, 384-d, unit length
     stage_embeddings: dict[str, np.ndarray]  # retrieval | prompt | regressor, each in metric space
     candidates: list[Candidate]
@@ -39,6 +40,7 @@ class Interrogation:
     def as_dict(self, embeddings: bool = True, top: int = 20) -> dict:
         out = {
             "prompt": self.prompt,
+            "retrieval_prompt": self.retrieval_prompt,
             "candidates": [c.as_dict() for c in self.candidates[:top]],
             "prompt_candidates": [{"text": p.text, "score": round(p.score, 6)} for p in self.prompts[:top]],
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
@@ -142,12 +144,13 @@ class Interrogator:
 
     def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates],
                 regressed: np.ndarray | None) -> list[Interrogation]:
-        top_texts = [_top_subject(c) for c in reranked]
-        if self._rerank_is_metric:
+        tops = [_top_subject(c) for c in reranked]
+        if self._rerank_is_metric:  # the rerank space is the metric's: reuse its (stored) embeddings
             prompt_emb = np.stack([a.embedding for a in assembled])
+            retrieval_emb = self.text_embeddings.for_candidates(tops)
         else:
             prompt_emb = self._metric_embed([a.text for a in assembled])
-        retrieval_emb = self._metric_embed(top_texts)
+            retrieval_emb = self._metric_embed([c.text for c in tops])
         results = []
         for i, a in enumerate(assembled):
             reg = None if regressed is None else regressed[i]
@@ -156,7 +159,7 @@ class Interrogator:
                 stages["regressor"] = reg
             final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight)
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
-            results.append(Interrogation(a.text, final, stages, cands, a.tried))
+            results.append(Interrogation(a.text, tops[i].text, final, stages, cands, a.tried))
         return results
 
 
@@ -165,7 +168,8 @@ def _best_of(candidates: Candidates) -> Candidates:
     return {best.kind: [best]} if best else {}
 
 
-def _top_subject(candidates: Candidates) -> str:
+def _top_subject(candidates: Candidates) -> Candidate:
+    """The retrieval-only answer: the best caption or subject (or, failing those, the best candidate)."""
     subjects = [c for k in SUBJECT_KINDS for c in candidates.get(k, [])]
     pool = subjects or [c for cs in candidates.values() for c in cs]
-    return max(pool, key=lambda c: c.score).text if pool else ""
+    return max(pool, key=lambda c: c.score)

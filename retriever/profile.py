@@ -30,7 +30,9 @@ class ClipSpaceSpec(_Strict):
 
     kind: Literal["open_clip"]
     model: str
-    pretrained: str = Field(description="open_clip pretrained tag, or a path to a local checkpoint")
+    pretrained: str = Field(
+        description="open_clip pretrained tag, a path to a local checkpoint, or 'random' (benchmarks only)"
+    )
     model_config_file: str | None = Field(
         default=None, description="optional JSON model config to register (custom or tiny models)"
     )

@@ -18,6 +18,7 @@ from retriever.errors import MissingWeightsError, ProfileError
 from retriever.profile import ClipSpaceSpec
 
 HF_HOST = "huggingface.co"
+RANDOM = "random"  # pretrained = "random": random initialisation, for throughput benchmarks only
 
 
 def _looks_like_path(value: str) -> bool:
@@ -42,13 +43,15 @@ def _how_to_provide(spec: ClipSpaceSpec) -> str:
     )
 
 
-def resolve_checkpoint(spec: ClipSpaceSpec) -> str:
+def resolve_checkpoint(spec: ClipSpaceSpec) -> str | None:
     """Return a local file holding the weights, downloading when the hub can be reached.
 
     Fails fast with MissingWeightsError instead of waiting on the hub client's retries.
     """
     from open_clip import pretrained as oc_pretrained
 
+    if spec.pretrained == RANDOM:
+        return None
     if _looks_like_path(spec.pretrained):
         path = Path(spec.pretrained).expanduser()
         if not path.is_file():

@@ -1,0 +1,142 @@
+"""Train a regressor head: image features -> the metric's 384-d MiniLM space.
+
+Two sources of training pairs:
+
+* ``pairs``: a CSV/parquet/JSONL of (image, prompt). Image features are computed once with the
+  profile's retrieval space and cached under $UNPROMPT_HOME/cache/features; the targets are
+  the MiniLM embeddings of the prompts.
+* ``prompts``: prompts alone. The head learns CLIP *text* embedding -> MiniLM embedding and is
+  then applied to CLIP *image* embeddings, which CLIP puts in the same space (how the 7th
+  place of the Kaggle competition initialised its head).
+
+Training minimises 1 - cosine with Adam, keeps a validation split, and stops early when the
+validation cosine stops improving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from retriever.encoders.base import l2_normalize
+from retriever.stages.regress import make_head
+
+
+@dataclass
+class TrainConfig:
+    hidden: int = 0
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    patience: int = 10
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    head: nn.Module
+    train_cosine: float
+    val_cosine: float
+    epochs: int
+    n_train: int
+    n_val: int
+
+
+def _mean_cosine(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(nn.functional.cosine_similarity(head(x), y).mean()) if len(x) else float("nan")
+
+
+def train_head(features: np.ndarray, targets: np.ndarray, config: TrainConfig | None = None,
+               progress: bool = False) -> TrainResult:
+    cfg = config or TrainConfig()
+    if len(features) != len(targets):
+        raise ValueError(f"{len(features)} feature rows but {len(targets)} targets")
+    if len(features) < 2:
+        raise ValueError("need at least 2 training pairs")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(l2_normalize(features))
+    y = torch.from_numpy(l2_normalize(targets))
+    order = torch.randperm(len(x), generator=gen)
+    n_val = max(1, int(round(len(x) * cfg.val_fraction))) if cfg.val_fraction > 0 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    head = make_head(x.shape[1], y.shape[1], cfg.hidden)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best_state, best_val, stale, epoch = None, -math.inf, 0, 0
+    bar = tqdm(range(cfg.epochs), desc="train", disable=not progress)
+    for epoch in bar:
+        head.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        for start in range(0, len(perm), cfg.batch_size):
+            b = perm[start : start + cfg.batch_size]
+            loss = 1 - nn.functional.cosine_similarity(head(x[b]), y[b]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        val = _mean_cosine(head, x[val_idx], y[val_idx]) if n_val else _mean_cosine(head, x[train_idx], y[train_idx])
+        bar.set_postfix(val_cosine=f"{val:.4f}")
+        if val > best_val + 1e-5:
+            best_val, stale = val, 0
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    assert best_state is not None
+    head.load_state_dict(best_state)
+    head.eval()
+    return TrainResult(head, _mean_cosine(head, x[train_idx], y[train_idx]), best_val, epoch + 1,
+                       len(train_idx), n_val)
+
+
+def cached_image_features(space, paths: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """Image features in the retrieval space, computed once per (model, file content) and cached."""
+    from retriever.images import load_image
+    from retriever.paths import home
+
+    cache_dir = home() / "cache" / "features" / hashlib.sha256(space.model_id.encode()).hexdigest()[:16]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:24] for p in paths]
+    out = np.zeros((len(paths), space.dim), dtype=np.float32)
+    todo = [i for i, k in enumerate(keys) if not (cache_dir / f"{k}.npy").is_file()]
+    pending = set(todo)
+    for i, k in enumerate(keys):
+        if i not in pending:
+            out[i] = np.load(cache_dir / f"{k}.npy")
+    for start in tqdm(range(0, len(todo), batch_size), desc="image features", disable=not progress or not todo):
+        chunk = todo[start : start + batch_size]
+        vectors = space.encode_images([load_image(paths[i]) for i in chunk])
+        for i, v in zip(chunk, vectors):
+            out[i] = v
+            np.save(cache_dir / f"{keys[i]}.npy", v)
+    return out
+
+
+def read_table(path: str | Path):
+    """CSV, parquet or JSONL as a polars DataFrame."""
+    import polars as pl
+
+    path = Path(path)
+    readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+    if path.suffix.lower() not in readers:
+        raise ValueError(f"{path}: expected a .csv, .parquet or .jsonl file")
+    return readers[path.suffix.lower()](path)
+
+
+def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [str(p) for p in read_table(path)[column].drop_nulls().to_list()]

@@ -1,0 +1,1 @@
+"""Offline scoring on the Kaggle metric: score, submit, eval."""

@@ -1,0 +1,160 @@
+"""score, submit and eval: the offline commands behind `unprompt score|submit|eval`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retriever.errors import UnpromptError
+from retriever.evaluation.metric import Score, metric_embed, row_cosines, summarise
+from retriever.evaluation.tables import ScoreInputError, align, read_predictions, read_table, read_truth, write_long
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+DEFAULT_CONSTANT_PROMPT = "a highly detailed digital painting of a beautiful landscape, trending on artstation, 8k"
+
+
+@dataclass
+class ScoreResult:
+    score: Score
+    ids: list[str]
+    cosines: np.ndarray
+
+
+def score_files(truth_path: str | Path, pred_path: str | Path, bootstrap: int = 1000, seed: int = 0) -> ScoreResult:
+    truth = read_truth(truth_path)
+    pred = read_predictions(pred_path)
+    positions = align(truth, pred)
+    truth_emb = metric_embed(truth.prompts)
+    if pred.prompts is not None:
+        pred_emb = metric_embed([pred.prompts[i] for i in positions])
+    else:
+        assert pred.vectors is not None
+        pred_emb = pred.vectors[positions]
+    cos = row_cosines(pred_emb, truth_emb)
+    return ScoreResult(summarise(cos, bootstrap, seed), truth.ids, cos)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UnpromptError(f"{folder}: not a folder of images")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise UnpromptError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool = True) -> int:
+    """Interrogate every image of a folder and write Kaggle's long submission; refuses if any image is bad."""
+    from retriever.images import load_image
+
+    paths = list_images(images_dir)
+    ids, vectors, bad = [], [], []
+    for path in tqdm(paths, desc="submit", unit="img", disable=not progress):
+        try:
+            image = load_image(path)
+        except UnpromptError as exc:
+            bad.append(str(exc))
+            continue
+        ids.append(path.stem)
+        vectors.append(interrogator.interrogate([image])[0].embedding)
+    if bad:
+        raise ScoreInputError("no submission written; these images could not be read:\n  " + "\n  ".join(bad))
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
+    write_long(out, ids, np.stack(vectors))
+    return len(ids)
+
+
+@dataclass
+class EvalRow:
+    image: str
+    truth: str
+    prompt: str
+    retrieval_prompt: str
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    profile: str
+    rows: list[EvalRow]
+    stages: dict[str, Score]
+    baselines: dict[str, Score]
+    timings_ms: dict[str, float]
+    settings: dict
+
+
+def read_pairs(manifest: str | Path, image_column: str = "image", prompt_column: str = "prompt") -> tuple[list[Path], list[str]]:
+    frame = read_table(manifest)
+    missing = {image_column, prompt_column} - set(frame.columns)
+    if missing:
+        raise ScoreInputError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
+    base = Path(manifest).parent
+    paths = [Path(p) if Path(p).is_absolute() else base / p for p in frame[image_column].to_list()]
+    return paths, [str(p) for p in frame[prompt_column].to_list()]
+
+
+def evaluate(interrogator, manifest: str | Path, train_prompts: list[str] | None = None,
+             constant_prompt: str = DEFAULT_CONSTANT_PROMPT, bootstrap: int = 1000, seed: int = 0,
+             progress: bool = True) -> EvalResult:
+    """Score every stage on its own, the final blend, and two baselines, per image."""
+    from retriever.images import load_image
+
+    seed_everything(seed)
+    paths, truths = read_pairs(manifest)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ScoreInputError(f"{manifest}: image files not found: {', '.join(missing[:10])}")
+    truth_emb = metric_embed(truths)
+    rows: list[EvalRow] = []
+    per_stage: dict[str, list[float]] = {}
+    timings: dict[str, list[float]] = {}
+    for path, truth, t_emb in tqdm(list(zip(paths, truths, truth_emb)), desc="eval", unit="img", disable=not progress):
+        result = interrogator.interrogate([load_image(path)])[0]
+        row = EvalRow(str(path), truth, result.prompt, result.retrieval_prompt)
+        named = {"retrieval": result.stage_embeddings["retrieval"], "assembled": result.stage_embeddings["prompt"]}
+        if "regressor" in result.stage_embeddings:
+            named["regressor"] = result.stage_embeddings["regressor"]
+        named["final"] = result.embedding
+        for stage, emb in named.items():
+            row.scores[stage] = float(row_cosines(emb[None], t_emb[None])[0])
+            per_stage.setdefault(stage, []).append(row.scores[stage])
+        for k, v in result.timings_ms.items():
+            timings.setdefault(k, []).append(v)
+        rows.append(row)
+    const = row_cosines(np.repeat(metric_embed([constant_prompt]), len(truths), axis=0), truth_emb)
+    if train_prompts:
+        mean = metric_embed(train_prompts).mean(axis=0, keepdims=True)
+        mean_cos = row_cosines(np.repeat(mean, len(truths), axis=0), truth_emb)
+        mean_note = f"mean embedding of {len(train_prompts)} training prompts"
+    else:  # leave-one-out mean of the evaluation prompts themselves: no prompt scores against itself
+        total = truth_emb.sum(axis=0)
+        loo = (total[None, :] - truth_emb) / max(len(truths) - 1, 1)
+        mean_cos = row_cosines(loo, truth_emb)
+        mean_note = "leave-one-out mean embedding of the evaluation prompts"
+    for row, c, m in zip(rows, const, mean_cos):
+        row.scores["baseline_constant"] = float(c)
+        row.scores["baseline_mean"] = float(m)
+    return EvalResult(
+        profile=interrogator.profile.name,
+        rows=rows,
+        stages={k: summarise(np.array(v), bootstrap, seed) for k, v in per_stage.items()},
+        baselines={"constant": summarise(const, bootstrap, seed), "mean": summarise(mean_cos, bootstrap, seed)},
+        timings_ms={k: float(np.median(v)) for k, v in timings.items()},
+        settings={"manifest": str(manifest), "seed": seed, "bootstrap": bootstrap, "constant_prompt": constant_prompt,
+                  "mean_baseline": mean_note, "blend": interrogator.profile.blend.model_dump()},
+    )

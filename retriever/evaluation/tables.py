@@ -1,0 +1,139 @@
+"""Reading and validating ground truth and predictions (short imgId,prompt or Kaggle's long format)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from retriever.errors import UnpromptError
+from retriever.evaluation.metric import EMBED_DIM
+
+
+class ScoreInputError(UnpromptError):
+    pass
+
+
+def _ids(values, limit: int = 10) -> str:
+    values = sorted(map(str, values))
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(values[:limit]) + more
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreInputError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pl.read_parquet(path)
+        return pl.read_csv(path, infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        raise ScoreInputError(f"{path}: cannot read as a table ({str(exc).splitlines()[0]})") from None
+
+
+def _require(frame: pl.DataFrame, columns: list[str], path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ScoreInputError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
+
+
+def _no_duplicates(ids: list[str], what: str) -> None:
+    seen, dupes = set(), set()
+    for i in ids:
+        (dupes if i in seen else seen).add(i)
+    if dupes:
+        raise ScoreInputError(f"{what} has duplicate ids: {_ids(dupes)}")
+
+
+@dataclass
+class Truth:
+    ids: list[str]
+    prompts: list[str]
+
+
+def read_truth(path: str | Path) -> Truth:
+    frame = read_table(path)
+    _require(frame, ["imgId", "prompt"], path)
+    ids = [str(i) for i in frame["imgId"].to_list()]
+    prompts = frame["prompt"].to_list()
+    nulls = [i for i, p in zip(ids, prompts) if p is None]
+    if nulls:
+        raise ScoreInputError(f"{path}: empty prompt for ids: {_ids(nulls)}")
+    _no_duplicates(ids, f"ground truth {path}")
+    return Truth(ids, [str(p) for p in prompts])
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    prompts: list[str] | None  # short format
+    vectors: np.ndarray | None  # long format, (n, 384), rows in `ids` order
+
+
+def read_predictions(path: str | Path) -> Predictions:
+    frame = read_table(path)
+    if "imgId_eId" in frame.columns:
+        _require(frame, ["imgId_eId", "val"], path)
+        return _long(frame, path)
+    _require(frame, ["imgId", "prompt"], path)
+    ids = [str(i) for i in frame["imgId"].to_list()]
+    _no_duplicates(ids, f"predictions {path}")
+    prompts = frame["prompt"].to_list()
+    return Predictions(ids, ["" if p is None else str(p) for p in prompts], None)
+
+
+def _long(frame: pl.DataFrame, path) -> Predictions:
+    split = frame.select(
+        pl.col("imgId_eId").str.extract(r"^(.*)_(\d+)$", 1).alias("imgId"),
+        pl.col("imgId_eId").str.extract(r"^(.*)_(\d+)$", 2).cast(pl.Int64, strict=False).alias("eId"),
+        pl.col("imgId_eId").alias("key"),
+        pl.col("val").cast(pl.Float64, strict=False).alias("val"),
+        pl.col("val").alias("raw"),
+    )
+    bad_keys = split.filter(pl.col("imgId").is_null())["key"].to_list()
+    if bad_keys:
+        raise ScoreInputError(f"{path}: imgId_eId values not of the form <imgId>_<0..383>: {_ids(bad_keys)}")
+    dupes = split.filter(pl.col("key").is_duplicated())["imgId"].unique().to_list()
+    if dupes:
+        raise ScoreInputError(f"{path}: duplicate imgId_eId rows for ids: {_ids(dupes)}")
+    bad_vals = split.filter(pl.col("val").is_null() | ~pl.col("val").is_finite())["imgId"].unique().to_list()
+    if bad_vals:
+        raise ScoreInputError(f"{path}: non-finite or non-numeric values for ids: {_ids(bad_vals)}")
+    counts = split.group_by("imgId", maintain_order=True).agg(
+        pl.len().alias("rows"), pl.col("eId").min().alias("lo"), pl.col("eId").max().alias("hi"))
+    wrong = counts.filter((pl.col("rows") != EMBED_DIM) | (pl.col("lo") != 0) | (pl.col("hi") != EMBED_DIM - 1))
+    if wrong.height:
+        detail = _ids([f"{r['imgId']} ({r['rows']} rows)" for r in wrong.iter_rows(named=True)])
+        raise ScoreInputError(f"{path}: each image needs {EMBED_DIM} rows, _0 to _{EMBED_DIM - 1}; wrong for: {detail}")
+    ordered = split.sort(["imgId", "eId"])
+    ids = ordered["imgId"].unique(maintain_order=True).to_list()
+    vectors = ordered["val"].to_numpy().reshape(len(ids), EMBED_DIM).astype(np.float32)
+    return Predictions(ids, None, vectors)
+
+
+def align(truth: Truth, pred: Predictions) -> list[int]:
+    """Positions in `pred` for each truth id; refuses mismatched id sets, naming the ids."""
+    t, p = set(truth.ids), set(pred.ids)
+    problems = []
+    if t - p:
+        problems.append(f"missing from predictions: {_ids(t - p)}")
+    if p - t:
+        problems.append(f"not in ground truth: {_ids(p - t)}")
+    if problems:
+        raise ScoreInputError("id sets differ; " + "; ".join(problems))
+    where = {i: k for k, i in enumerate(pred.ids)}
+    return [where[i] for i in truth.ids]
+
+
+def write_long(path: str | Path, ids: list[str], vectors: np.ndarray) -> None:
+    """Kaggle's submission: rows <imgId>_<eId>,val, ids sorted, eId 0..383 within each (atomic write)."""
+    path = Path(path)
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    keys = [f"{ids[i]}_{e}" for i in order for e in range(EMBED_DIM)]
+    vals = np.asarray(vectors, dtype=np.float32)[order].reshape(-1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pl.DataFrame({"imgId_eId": keys, "val": vals}).write_csv(tmp, float_precision=7)
+    tmp.replace(path)

@@ -1,0 +1,140 @@
+"""The kaggle profile's wiring, end to end, with tiny random CLIPs swapped in through the same profile keys."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, REPO, run_cli
+
+CAPTIONS = [
+    "a photo of a cat sitting on a windowsill", "a cup of coffee on a wooden table", "a red sports car on a road",
+    "a castle on a hill at sunset", "portrait of an old man with a beard", "a bowl of fruit, still life",
+    "a spaceship flying over a city", "a dog running on the beach", "a forest in autumn with fog",
+    "a robot playing chess", "an astronaut riding a horse", "a lighthouse in a storm",
+]
+PROMPTS = CAPTIONS + [
+    "digital painting of a dragon, highly detailed, artstation", "a cute cat, studio ghibli style",
+    "cyberpunk city at night, neon lights, 4k", "oil painting of a ship at sea by turner",
+    "a cozy cabin in the snow, warm light", "macro photo of a bee on a flower",
+] * 4
+
+
+def tiny_profile(tmp_path: Path, tiny) -> Path:
+    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
+    (tmp_path / "captions.toml").write_text(
+        '[[sources]]\nname = "captions"\npath = "captions.txt"\nkind = "caption"\n'
+    )
+    components = (REPO / "data_manifests" / "components.toml").read_text()
+    components = components.replace('path = "pkg:clip_interrogator/data/flavors.txt"',
+                                    'path = "pkg:clip_interrogator/data/flavors.txt"\nlimit = 300')
+    components = components.replace('kind = "artist"\n', 'kind = "artist"\nlimit = 200\n')
+    (tmp_path / "components.toml").write_text(components)
+    text = (REPO / "retriever" / "profiles" / "kaggle.toml").read_text()
+    data = tomllib.loads(text)
+    a, b = tiny["unprompt-tiny-a"], tiny["unprompt-tiny-b"]
+    # the same keys the production profile uses: model, pretrained (+ a config for models open_clip doesn't ship)
+    text = text.replace('model = "ViT-bigG-14", pretrained = "laion2b_s39b_b160k"',
+                        f'model = "unprompt-tiny-a", pretrained = "{a["checkpoint"]}", model_config_file = "{a["config"]}"')
+    text = text.replace('model = "ViT-H-14", pretrained = "laion2b_s32b_b79k"',
+                        f'model = "unprompt-tiny-b", pretrained = "{b["checkpoint"]}", model_config_file = "{b["config"]}"')
+    text = text.replace('{ name = "captions-bigG" }', f'{{ name = "captions-bigG", manifest = "{tmp_path / "captions.toml"}" }}')
+    text = text.replace('manifest = "components.toml"', f'manifest = "{tmp_path / "components.toml"}"')
+    text = text.replace("floor = 0.29", "floor = -1.0")  # random tiny models: keep every candidate
+    assert data["retrieve"]["space"]["model"] == "ViT-bigG-14"
+    path = tmp_path / "kaggle-tiny.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kaggle_env(tmp_path_factory, tiny_clip):
+    """Indexes for the tiny kaggle profile, built once for this module in a private $UNPROMPT_HOME."""
+    tmp = tmp_path_factory.mktemp("kaggle")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNPROMPT_HOME", str(tmp / "home"))
+        profile = tiny_profile(tmp, tiny_clip)
+        (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+        res = run_cli("setup", "--profile", str(profile))
+        assert res.returncode == 0, res.stderr
+        yield profile, tmp, tmp / "home"
+
+
+@pytest.fixture()
+def kaggle_tiny(kaggle_env, monkeypatch):
+    monkeypatch.setenv("UNPROMPT_HOME", str(kaggle_env[2]))
+    return kaggle_env[0]
+
+
+@pytest.fixture()
+def tmp_path(kaggle_env):
+    return kaggle_env[1]
+
+
+@pytest.fixture()
+def home(kaggle_env):
+    return kaggle_env[2]
+
+
+def test_text_only_head_then_full_predict(kaggle_tiny, tmp_path, home):
+    res = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--prompts", str(tmp_path / "prompts.txt"),
+                  "--epochs", "30")
+    assert res.returncode == 0, res.stderr
+    head = home / "heads" / "kaggle-bigG.pt"
+    assert head.is_file() and "validation cosine" in res.stdout
+
+    import torch
+
+    meta = torch.load(head, weights_only=True)["meta"]
+    assert meta["mode"] == "prompts" and meta["in_dim"] == 32 and meta["out_dim"] == 384
+    assert meta["feature_model_id"] == "open_clip:unprompt-tiny-a:unprompt-tiny-a.pt"
+
+    res = run_cli("predict", "--profile", str(kaggle_tiny), str(EXAMPLES / "cat.jpg"), "--json", "--top", "50")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["prompt"]
+    assert {c["index"] for c in out["candidates"]} == {"captions-bigG", "components-bigG"}
+    assert "caption" in {c["kind"] for c in out["candidates"]}
+    assert set(out["stage_embeddings"]) == {"retrieval", "prompt", "regressor"}
+    emb = np.array(out["embedding"])
+    assert emb.shape == (384,) and np.isclose(np.linalg.norm(emb), 1, atol=1e-4)
+    p, r = np.array(out["stage_embeddings"]["prompt"]), np.array(out["stage_embeddings"]["regressor"])
+    expected = 0.25 * p / np.linalg.norm(p) + 0.75 * r / np.linalg.norm(r)
+    np.testing.assert_allclose(emb, expected / np.linalg.norm(expected), atol=1e-4)
+
+
+def test_rerank_cache_means_known_texts_are_not_embedded(kaggle_tiny, tmp_path, home):
+    from index_build.train_head import TrainConfig, train_head
+    from retriever.encoders import create_space
+    from retriever.encoders.minilm import sentence_encoder
+    from retriever.images import load_image
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+    from retriever.stages.regress import save_head
+
+    profile = load_profile(str(kaggle_tiny))
+    space = create_space(profile.retrieve.space)
+    metric = sentence_encoder()
+    x, y = space.encode_text(PROMPTS), metric.encode_text(PROMPTS)
+    save_head(home / "heads" / "kaggle-bigG.pt", train_head(x, y, TrainConfig(epochs=3)).head,
+              {"feature_model_id": space.model_id, "in_dim": 32, "target_model_id": metric.model_id, "out_dim": 384})
+    interrogator = Interrogator.from_profile(profile)
+    assert interrogator.rerank_space is not interrogator.retrieval_space
+    result = interrogator.interrogate([load_image(EXAMPLES / "coffee.jpg")])[0]
+    n_tried = len(result.prompts)
+    # only the assembled prompts were new strings; every candidate text came from the rerank cache
+    assert interrogator.text_embeddings.computed <= n_tried
+    assert all(c.rerank_score is not None for c in result.candidates)
+
+
+def test_mismatched_head_is_refused(kaggle_tiny, tmp_path, home):
+    from retriever.stages.regress import make_head, save_head
+
+    save_head(home / "heads" / "kaggle-bigG.pt", make_head(64, 384),
+              {"feature_model_id": "open_clip:ViT-bigG-14:laion2b_s39b_b160k", "in_dim": 64,
+               "target_model_id": "x", "out_dim": 384})
+    res = run_cli("predict", "--profile", str(kaggle_tiny), str(EXAMPLES / "cat.jpg"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "does not fit this profile" in res.stderr and "feature_model_id" in res.stderr
