@@ -105,6 +105,14 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     )
     from index_build.setup import rerank_towers
 
+    if args.ray is not None:
+        from functools import partial
+
+        from index_build.ray_runner import RayRunner
+        from retriever.encoders import text_tower_for
+
+        options.runner = RayRunner(partial(text_tower_for, profile.retrieve.space), actors=args.ray_actors,
+                                   address=args.ray or None)
     report = build_index(manifest, encoder, Path(args.out), options, rerank_encoders=rerank_towers(profile))
     rec = report.record
     print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
@@ -262,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factory", default=None, help="FAISS factory string, overriding the automatic choice")
     p.add_argument("--pca", type=int, default=None, help="reduce dimensions with PCA before IVF-PQ")
     p.add_argument("--opq", action="store_true", help="rotate with OPQ before PQ")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="embed on Ray: a cluster address, or nothing for a local Ray instance")
+    p.add_argument("--ray-actors", type=int, default=2, help="encoder actors (each loads the model once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_index)
 

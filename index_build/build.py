@@ -41,7 +41,7 @@ class BuildOptions:
     reduce_to: int | None = None
     opq: bool = False
     progress: bool = True
-    embed_fn: embedding.EmbedFn | None = None  # e.g. a distributed embedder; defaults to encoder.encode_text
+    runner: embedding.Runner | None = None  # how shards are embedded; default: in this process
 
 
 @dataclass
@@ -105,7 +105,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         t = time.perf_counter()
         shard_root = out / SHARD_DIR
         embedded = embedding.embed_sources(
-            sources, encoder, shard_root, opts.shard_size, embed_fn=opts.embed_fn, progress=opts.progress
+            sources, encoder, shard_root, opts.shard_size, runner=opts.runner, progress=opts.progress
         )
         for extra in rerank_encoders:
             extra_counts = embedding.embed_sources(

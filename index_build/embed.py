@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -51,36 +52,65 @@ def missing_shards(directory: Path, n: int, shard_size: int) -> list[int]:
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    source: str
+    path: Path
+    texts: list[str]
+
+
+class Runner(Protocol):
+    """Maps shard jobs to vectors, yielding each (job, vectors) as it finishes, in any order."""
+
+    def run(self, jobs: list[ShardJob]) -> Iterator[tuple[ShardJob, np.ndarray]]: ...
+
+
+class LocalRunner:
+    def __init__(self, embed: EmbedFn) -> None:
+        self.embed = embed
+
+    def run(self, jobs: list[ShardJob]) -> Iterator[tuple[ShardJob, np.ndarray]]:
+        for job in jobs:
+            yield job, np.asarray(self.embed(job.texts))
+
+
+def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard_size: int) -> list[ShardJob]:
+    """Reader side: one job per shard that is not on disk yet."""
+    jobs = []
+    for st in sources:
+        directory = source_shard_dir(shard_root, model_id, st)
+        for i in missing_shards(directory, len(st.texts), shard_size):
+            jobs.append(ShardJob(st.source.name, directory / f"{i:06d}.npy",
+                                 st.texts[i * shard_size : (i + 1) * shard_size]))
+    return jobs
+
+
 def embed_sources(
     sources: list[SourceTexts],
     encoder: TextEncoder,
     shard_root: Path,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    embed_fn: EmbedFn | None = None,
+    runner: Runner | None = None,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Embed what is missing. Returns the number of texts embedded per source (0 = all reused)."""
-    embed = embed_fn or encoder.encode_text
-    plan = []
-    for st in sources:
-        directory = source_shard_dir(shard_root, encoder.model_id, st)
-        todo = missing_shards(directory, len(st.texts), shard_size)
-        plan.append((st, directory, todo))
-    total = sum(min(shard_size, len(st.texts) - i * shard_size) for st, _, todo in plan for i in todo)
+    """Embed what is missing (writer side: each shard saved atomically as it arrives).
+
+    Returns the number of texts embedded per source (0 = all reused)."""
+    jobs = plan_jobs(sources, encoder.model_id, shard_root, shard_size)
     embedded = {st.source.name: 0 for st in sources}
-    with tqdm(total=total, unit="text", unit_scale=True, desc="embed", disable=not progress or total == 0,
-              smoothing=0.1) as bar:
-        for st, directory, todo in plan:
-            directory.mkdir(parents=True, exist_ok=True)
-            for i in todo:
-                chunk = st.texts[i * shard_size : (i + 1) * shard_size]
-                bar.set_postfix_str(st.source.name)
-                vectors = np.asarray(embed(chunk), dtype=np.float16)
-                if vectors.shape != (len(chunk), encoder.dim):
-                    raise RuntimeError(f"encoder returned {vectors.shape} for {len(chunk)} texts of dim {encoder.dim}")
-                _atomic_save(directory / f"{i:06d}.npy", vectors)
-                embedded[st.source.name] += len(chunk)
-                bar.update(len(chunk))
+    total = sum(len(j.texts) for j in jobs)
+    for job in jobs:
+        job.path.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=total, unit="text", unit_scale=True, desc=f"embed ({encoder.model_id})",
+              disable=not progress or total == 0, smoothing=0.1) as bar:
+        for job, vectors in (runner or LocalRunner(encoder.encode_text)).run(jobs):
+            vectors = np.asarray(vectors, dtype=np.float16)
+            if vectors.shape != (len(job.texts), encoder.dim):
+                raise RuntimeError(f"encoder returned {vectors.shape} for {len(job.texts)} texts of dim {encoder.dim}")
+            _atomic_save(job.path, vectors)
+            embedded[job.source] += len(job.texts)
+            bar.set_postfix_str(job.source)
+            bar.update(len(job.texts))
     return embedded
 
 

@@ -170,24 +170,42 @@ class TextIndex:
     def kinds(self) -> list[str]:
         return list(self.record.kinds)
 
-    def search(self, queries: np.ndarray, k: int, kind: str | None = None) -> list[list[Hit]]:
-        """Top-k rows per query by inner product, optionally only rows of one kind."""
+    def search(self, queries: np.ndarray, k: int, kind: str | None = None, rescore: int = 4) -> list[list[Hit]]:
+        """Top-k rows per query by inner product, optionally only rows of one kind.
+
+        On an approximate index with stored vectors, ``k * rescore`` candidates are fetched and
+        rescored exactly from the (memory-mapped) vectors, so the head of the ranking is exact
+        whenever the true neighbours make the shortlist.
+        """
         import faiss
 
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        params = None
+        start, end = 0, len(self)
         if kind is not None:
             if kind not in self.record.kinds:
                 return [[] for _ in range(len(q))]
             start, end = self.record.kinds[kind]
-            k = min(k, end - start)
-            selector = faiss.IDSelectorRange(start, end, True)
-            params = _search_params(self.index, selector)
-        k = min(k, len(self))
-        scores, ids = self.index.search(q, k, params=params) if params is not None else self.index.search(q, k)
+        k = min(k, end - start)
+        if k <= 0:
+            return [[] for _ in range(len(q))]
+        exact_scores = not self.record.exact and self.vectors is not None and rescore > 1
+        fetch = min(k * rescore, end - start) if exact_scores else k
+        params = None
+        if kind is not None and (start, end) != (0, len(self)):
+            params = _search_params(self.index, faiss.IDSelectorRange(start, end, True))
+        scores, ids = self.index.search(q, fetch, params=params) if params is not None else self.index.search(q, fetch)
         out = []
-        for srow, irow in zip(scores, ids):
-            out.append([self.hit(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0])
+        for qi, (srow, irow) in enumerate(zip(scores, ids)):
+            valid = irow >= 0
+            srow, irow = srow[valid], irow[valid]
+            if exact_scores and len(irow):
+                order = np.argsort(irow)  # sorted reads are kinder to a memory-mapped file
+                exact = np.asarray(self.vectors[irow[order]], dtype=np.float32) @ q[qi]
+                srow = np.empty_like(exact)
+                srow[order] = exact
+                best = np.argsort(-srow, kind="stable")[:k]
+                srow, irow = srow[best], irow[best]
+            out.append([self.hit(int(i), float(s)) for s, i in zip(srow[:k], irow[:k])])
         return out
 
     def hit(self, row: int, score: float) -> Hit:
@@ -226,6 +244,7 @@ def _search_params(index, selector):
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-    return faiss.SearchParameters(sel=selector)
+    params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe) if ivf is not None else faiss.SearchParameters(sel=selector)
+    if isinstance(index, faiss.IndexPreTransform):
+        return faiss.SearchParametersPreTransform(index_params=params)
+    return params

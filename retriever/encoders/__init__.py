@@ -35,3 +35,8 @@ def text_tower(space: Space) -> TextEncoder:
     tower = getattr(space, "text", space)
     assert tower.model_id == space.text_model_id
     return tower
+
+
+def text_tower_for(spec: ClipSpaceSpec | BridgeSpaceSpec) -> TextEncoder:
+    """Picklable entry point (module-level) for workers that build their own text encoder from a spec."""
+    return text_tower(create_space(spec))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
@@ -14,10 +15,12 @@ from PIL import Image
 
 from retriever.device import pick_device, pick_dtype
 from retriever.encoders.base import l2_normalize
+from retriever.encoders.clip_text import encode_truncated, eot_lengths, length_buckets, truncation_supported
 from retriever.errors import MissingWeightsError, ProfileError
 from retriever.profile import ClipSpaceSpec
 
 HF_HOST = "huggingface.co"
+TOKENIZE_GROUP = 4096  # texts tokenised ahead while the model embeds the previous group
 RANDOM = "random"  # pretrained = "random": random initialisation, for throughput benchmarks only
 
 
@@ -113,7 +116,7 @@ def clip_model_id(spec: ClipSpaceSpec) -> str:
 class ClipSpace:
     """Image and text towers of one open_clip model."""
 
-    def __init__(self, spec: ClipSpaceSpec, device: torch.device | None = None, batch_size: int = 256) -> None:
+    def __init__(self, spec: ClipSpaceSpec, device: torch.device | None = None, batch_size: int = 0) -> None:
         import open_clip
 
         if spec.model_config_file:
@@ -141,22 +144,58 @@ class ClipSpace:
         self.spec = spec
         self.model_id = clip_model_id(spec)
         self.text_model_id = self.model_id
-        self.batch_size = batch_size
-        self.dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") and isinstance(
-            self.model.text_projection, torch.Tensor
-        ) else int(self.encode_text(["a"]).shape[1])
+        self.batch_size = batch_size  # 0: choose from free memory
+        tower = getattr(self.model, "text", self.model)
+        self.text_width = int(getattr(getattr(tower, "transformer", None), "width", 512))
+        self.truncate = truncation_supported(self.model)
+        with torch.inference_mode():
+            probe = self.model.encode_text(self.tokenizer(["a"]).to(self.device))
+        self.dim = int(probe.shape[-1])
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
         return l2_normalize(self.model.encode_image(batch).float().cpu().numpy())
 
-    @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors. Tokenising the next group overlaps the model's work on this one."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        groups = [texts[i : i + TOKENIZE_GROUP] for i in range(0, len(texts), TOKENIZE_GROUP)]
+        if len(groups) == 1:
+            return self.encode_tokens(self.tokenizer(groups[0]))
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
-            out.append(self.model.encode_text(tokens).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
-        return l2_normalize(np.concatenate(out))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            upcoming = pool.submit(self.tokenizer, groups[0])
+            for i in range(len(groups)):
+                tokens = upcoming.result()
+                if i + 1 < len(groups):
+                    upcoming = pool.submit(self.tokenizer, groups[i + 1])
+                out.append(self.encode_tokens(tokens))
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        """Exact context truncation with length buckets where the tower allows it, else encode_text."""
+        batch_size = self.batch_size or auto_batch_size(self.device, self.text_width)
+        if not self.truncate:
+            out = [self.model.encode_text(tokens[s : s + batch_size].to(self.device)).float().cpu()
+                   for s in range(0, len(tokens), batch_size)]
+            return l2_normalize(torch.cat(out).numpy())
+        result = np.zeros((len(tokens), self.dim), dtype=np.float32)
+        for batch in length_buckets(eot_lengths(tokens).numpy(), batch_size):
+            chunk = tokens[torch.from_numpy(batch)]
+            if self.device.type == "cuda":
+                chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+            result[batch] = encode_truncated(self.model, chunk).float().cpu().numpy()
+        return l2_normalize(result)
+
+
+def auto_batch_size(device: torch.device, width: int) -> int:
+    """CPU: 256. GPU: as many texts as half the free memory holds at full context, within [64, 8192]."""
+    if device.type != "cuda":
+        return 256
+    free, _ = torch.cuda.mem_get_info(device)
+    per_text = 77 * width * 2 * 24  # fp16 activations of a block, with generous headroom
+    return int(max(64, min(8192, free * 0.5 // per_text)))
