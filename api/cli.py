@@ -24,6 +24,7 @@ examples:
   unprompt build-index data_manifests/components.toml --out ./my-index
   unprompt eval data_manifests/examples/eval.csv   per-stage scores and an HTML report
   unprompt score --truth truth.csv --predictions submission.csv
+  unprompt serve --port 8000                  HTTP API, web page at /, docs at /docs
 
 Profiles: {profiles} (default {default}; set --profile or ${env}).
 Indexes and caches live in $UNPROMPT_HOME (default ~/.cache/unprompt).
@@ -214,6 +215,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import Settings
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    overrides = {k: v for k, v in {"profile": args.profile, "host": args.host, "port": args.port}.items() if v is not None}
+    if args.no_batching:
+        overrides["batching"] = False
+    settings = Settings(**overrides)
+    # load before the server starts, so a missing index or weights is a clear error, not a failed start-up
+    interrogator = Interrogator.from_profile(load_profile(settings.profile), checksums=settings.verify_checksums)
+    app = create_app(settings, interrogator)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -346,6 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "serve", help="run the HTTP service", formatter_class=_Formatter,
+        description="Serve POST /v1/interrogate (and /v1/interrogate/batch, /v1/info, /healthz, /readyz, /metrics, "
+                    "/docs and a web page at /) with uvicorn. Models and indexes load once, at start-up. Other settings "
+                    "come from UNPROMPT_* environment variables: UNPROMPT_API_KEY, UNPROMPT_MAX_UPLOAD_BYTES, "
+                    "UNPROMPT_MAX_PIXELS, UNPROMPT_CORS_ORIGINS, UNPROMPT_MAX_BATCH_SIZE, UNPROMPT_MAX_WAIT_MS.",
+        epilog="examples:\n  unprompt serve\n  unprompt serve --host 0.0.0.0 --port 8080 --profile kaggle\n"
+               "  curl -F file=@cat.jpg http://127.0.0.1:8000/v1/interrogate",
+    )
+    _add_profile(p)
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--no-batching", action="store_true", help="run each request alone (no micro-batching)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,79 @@
+"""Dynamic micro-batching: concurrent requests share one model batch.
+
+Requests queue up; a collector takes the first, waits at most ``max_wait_ms`` for more, up to
+``max_batch_size``, and runs the batch on a single worker thread, so model work never blocks
+the event loop and never runs two batches at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from retriever.pipeline import Interrogation
+
+BatchFn = Callable[[Sequence[Image.Image]], list[Interrogation]]
+
+
+class MicroBatcher:
+    def __init__(self, run: BatchFn, max_batch_size: int = 16, max_wait_ms: float = 5.0,
+                 on_batch: Callable[[int], None] | None = None, enabled: bool = True) -> None:
+        self.run = run
+        self.max_batch_size = max_batch_size if enabled else 1
+        self.max_wait = max_wait_ms / 1000 if enabled else 0.0
+        self.on_batch = on_batch
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unprompt-model")
+        self.queue: asyncio.Queue[tuple[Image.Image, asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, image: Image.Image) -> Interrogation:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self.queue.put((image, future))
+        return await future
+
+    async def submit_many(self, images: Sequence[Image.Image]) -> list[Interrogation]:
+        return list(await asyncio.gather(*(self.submit(im) for im in images)))
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(self.queue.get_nowait() if remaining <= 0 else
+                                 await asyncio.wait_for(self.queue.get(), remaining))
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+            live = [(im, fut) for im, fut in batch if not fut.cancelled()]
+            if not live:
+                continue
+            if self.on_batch:
+                self.on_batch(len(live))
+            try:
+                results = await loop.run_in_executor(self.executor, self.run, [im for im, _ in live])
+            except Exception as exc:  # the requests of this batch fail; the service keeps serving
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results):
+                if not fut.done():
+                    fut.set_result(result)

@@ -1,0 +1,44 @@
+"""Response shapes of the HTTP API (they appear in the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class CandidateOut(BaseModel):
+    text: str
+    kind: str
+    source: str
+    index: str
+    retrieval_score: float
+    rerank_score: float | None
+
+
+class InterrogateOut(BaseModel):
+    prompt: str
+    retrieval_prompt: str
+    embedding: list[float] | None = None
+    candidates: list[CandidateOut]
+    timings_ms: dict[str, float]
+    profile: str
+    models: dict[str, str]
+    index_ids: dict[str, str]
+
+
+class BatchItemOut(BaseModel):
+    filename: str
+    result: InterrogateOut | None = None
+    error: dict | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchItemOut]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody

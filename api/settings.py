@@ -1,0 +1,24 @@
+"""Service settings: environment variables (UNPROMPT_*) and .env, through pydantic-settings."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNPROMPT_", env_file=".env", extra="ignore")
+
+    profile: str | None = Field(default=None, description="profile name or path (default: lite)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted")
+    max_pixels: int = Field(default=50_000_000, ge=1, description="largest image (width x height) decoded")
+    max_batch_images: int = Field(default=32, ge=1, description="images in one /v1/interrogate/batch request")
+    api_key: SecretStr | None = Field(default=None, description="if set, /v1/* needs X-API-Key or a Bearer token")
+    cors_origins: list[str] = Field(default_factory=list, description='e.g. ["https://example.com"]')
+    batching: bool = Field(default=True, description="gather concurrent requests into one model batch")
+    max_batch_size: int = Field(default=16, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0, description="how long the first request of a batch waits for company")
+    verify_checksums: bool = Field(default=True, description="check index files against their build record at start-up")
+    log_json: bool = True
