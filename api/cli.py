@@ -31,8 +31,14 @@ Indexes and caches live in $UNPROMPT_HOME (default ~/.cache/unprompt).
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' layout; shows a default only where there is one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
@@ -236,6 +242,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _command(sub, name: str, func: Callable[[argparse.Namespace], int], summary: str, description: str,
+             examples: list[str], profile: bool = True) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=summary, description=description, formatter_class=_Formatter,
+                       epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+    if profile:
+        _add_profile(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unprompt",
@@ -246,44 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser(
-        "predict", help="print a prompt for each image", formatter_class=_Formatter,
-        description="Interrogate images and print one prompt per image (TAB-separated with the path "
-                    "when several are given). Bad files are reported on stderr and the rest still answered; "
-                    "the exit status is 1 if any image failed.",
-        epilog="examples:\n  unprompt predict cat.jpg\n  unprompt predict *.png --json --top 5\n"
-               "  unprompt predict art.webp --profile kaggle",
-    )
+    p = _command(
+        sub, "predict", cmd_predict, "print a prompt for each image",
+        "Interrogate images and print one prompt per image (TAB-separated with the path when several are given). "
+        "Bad files are reported on stderr and the rest still answered; the exit status is 1 if any image failed.",
+        ["unprompt predict cat.jpg", "unprompt predict *.png --json --top 5",
+         "unprompt predict art.webp --profile kaggle"])
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, WebP, GIF, TIFF, ...)")
-    _add_profile(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per image: prompt, final embedding, stage embeddings, "
                         "top candidates with scores, prompt candidates, per-stage timings")
     p.add_argument("--top", type=int, default=20, help="candidates to include with --json")
     p.add_argument("--no-embedding", action="store_true", help="leave embeddings out of --json output")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse images with more pixels than this")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser(
-        "setup", help="build the indexes a profile needs, if missing or stale", formatter_class=_Formatter,
-        description="Build every index the profile names that has a manifest, when it is missing or its "
-                    "manifest or model changed. Unchanged sources are not embedded again.",
-        epilog="examples:\n  unprompt setup\n  UNPROMPT_HOME=/data/unprompt unprompt setup --profile lite",
-    )
-    _add_profile(p)
+    p = _command(
+        sub, "setup", cmd_setup, "build the indexes a profile needs, if missing or stale",
+        "Build every index the profile names that has a manifest, when it is missing or its manifest or model "
+        "changed. Unchanged sources are not embedded again.",
+        ["unprompt setup", "UNPROMPT_HOME=/data/unprompt unprompt setup --profile lite"])
     p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
-    p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser(
-        "build-index", help="build a FAISS index from a manifest", formatter_class=_Formatter,
-        description="Read the manifest's sources (polars, lazily), normalise and deduplicate, embed with the "
-                    "profile's retrieval text tower in resumable shards, choose and train a FAISS index from "
-                    "the count and memory budget, and commit the index directory atomically.",
-        epilog="examples:\n  unprompt build-index data_manifests/components.toml --out ~/.cache/unprompt/indexes/components-lite\n"
-               "  unprompt build-index my_captions.toml --profile kaggle --out /data/captions-bigG --memory-budget 64",
-    )
+    p = _command(
+        sub, "build-index", cmd_build_index, "build a FAISS index from a manifest",
+        "Read the manifest's sources (polars, lazily), normalise and deduplicate, embed with the profile's "
+        "retrieval text tower in resumable shards, choose and train a FAISS index from the count and memory "
+        "budget, and commit the index directory atomically.",
+        ["unprompt build-index data_manifests/components.toml --out ~/.cache/unprompt/indexes/components-lite",
+         "unprompt build-index my_captions.toml --profile kaggle --out /data/captions-bigG --memory-budget 64"])
     p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")
-    _add_profile(p)
     p.add_argument("--out", required=True, help="index directory to write (shards are kept inside for resume)")
     p.add_argument("--shard-size", type=int, default=8192, help="texts per embedding shard")
     p.add_argument("--memory-budget", type=float, default=4.0, help="GiB the index may take in memory")
@@ -295,19 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed on Ray: a cluster address, or nothing for a local Ray instance")
     p.add_argument("--ray-actors", type=int, default=2, help="encoder actors (each loads the model once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_build_index)
 
-    p = sub.add_parser(
-        "train-regressor", help="train the head that maps image features to MiniLM space",
-        formatter_class=_Formatter,
-        description="Train a regressor head for the profile's retrieval space with a cosine loss, a validation "
-                    "split and early stopping. --pairs trains on (image, prompt) pairs (image features cached); "
-                    "--prompts fits CLIP text embeddings -> MiniLM from prompts alone, then serves on image "
-                    "embeddings. The head records its model ids and dimensions and is refused if they do not fit.",
-        epilog="examples:\n  unprompt train-regressor --profile kaggle --pairs train.csv\n"
-               "  unprompt train-regressor --profile kaggle --prompts diffusiondb_prompts.parquet --out head.pt",
-    )
-    _add_profile(p)
+    p = _command(
+        sub, "train-regressor", cmd_train_regressor, "train the head that maps image features to MiniLM space",
+        "Train a regressor head for the profile's retrieval space with a cosine loss, a validation split and early "
+        "stopping. --pairs trains on (image, prompt) pairs (image features cached); --prompts fits CLIP text "
+        "embeddings -> MiniLM from prompts alone, then serves on image embeddings. The head records its model ids "
+        "and dimensions and is refused if they do not fit.",
+        ["unprompt train-regressor --profile kaggle --pairs train.csv",
+         "unprompt train-regressor --profile kaggle --prompts diffusiondb_prompts.parquet --out head.pt"])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pairs", help="CSV/parquet/JSONL with image paths (relative to the file) and prompts")
     src.add_argument("--prompts", help="text file (one prompt a line) or table with a prompt column")
@@ -320,68 +323,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_train_regressor)
 
-    p = sub.add_parser(
-        "score", help="score predictions against ground truth on the Kaggle metric", formatter_class=_Formatter,
-        description="Mean cosine between all-MiniLM-L6-v2 embeddings of predicted and true prompts, with a bootstrap "
-                    "95%% confidence interval. Ground truth: CSV/parquet with imgId,prompt. Predictions: imgId,prompt, "
-                    "or Kaggle's long format imgId_eId,val (384 rows per image). Mismatched or duplicate ids, wrong "
-                    "row counts and non-finite values are refused, naming the ids.",
-        epilog="examples:\n  unprompt score --truth prompts.csv --predictions submission.csv\n"
-               "  unprompt score --truth prompts.parquet --predictions guesses.csv --json",
-    )
+    p = _command(
+        sub, "score", cmd_score, "score predictions against ground truth on the Kaggle metric",
+        "Mean cosine between all-MiniLM-L6-v2 embeddings of predicted and true prompts, with a bootstrap 95%% "
+        "confidence interval. Ground truth: CSV/parquet with imgId,prompt. Predictions: imgId,prompt, or Kaggle's "
+        "long format imgId_eId,val (384 rows per image). Mismatched or duplicate ids, wrong row counts and "
+        "non-finite values are refused, naming the ids.",
+        ["unprompt score --truth prompts.csv --predictions submission.csv",
+         "unprompt score --truth prompts.parquet --predictions guesses.csv --json"], profile=False)
     p.add_argument("--truth", required=True, help="ground truth table: imgId,prompt")
     p.add_argument("--predictions", required=True, help="imgId,prompt or imgId_eId,val")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the interval")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print mean, n, interval and per-image cosines as JSON")
-    p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser(
-        "submit", help="write a Kaggle submission for a folder of images", formatter_class=_Formatter,
-        description="Run the profile over every image in a folder and write Kaggle's long format: imgId_eId,val "
-                    "with image ids (file names without suffix) sorted, then _0 to _383.",
-        epilog="examples:\n  unprompt submit images/ --out submission.csv\n"
-               "  unprompt submit /kaggle/input/images --profile kaggle --out submission.csv",
-    )
+    p = _command(
+        sub, "submit", cmd_submit, "write a Kaggle submission for a folder of images",
+        "Run the profile over every image in a folder and write Kaggle's long format: imgId_eId,val with image ids "
+        "(file names without suffix) sorted, then _0 to _383.",
+        ["unprompt submit images/ --out submission.csv",
+         "unprompt submit /kaggle/input/images --profile kaggle --out submission.csv"])
     p.add_argument("images_dir", help="folder of images")
-    _add_profile(p)
     p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
-    p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser(
-        "eval", help="score every stage on (image, prompt) pairs and write a report", formatter_class=_Formatter,
-        description="Run the pipeline over a manifest of (image, prompt) pairs. Scores the retrieval-only prompt, "
-                    "the assembled prompt, the regressor, the final blend, a constant prompt and the mean training "
-                    "embedding; writes report.json, per_image.csv and report.html (plots, best and worst examples).",
-        epilog="examples:\n  unprompt eval data_manifests/examples/eval.csv\n"
-               "  unprompt eval pairs.parquet --profile kaggle --train-prompts train.csv --out reports/kaggle",
-    )
+    p = _command(
+        sub, "eval", cmd_eval, "score every stage on (image, prompt) pairs and write a report",
+        "Run the pipeline over a manifest of (image, prompt) pairs. Scores the retrieval-only prompt, the assembled "
+        "prompt, the regressor, the final blend, a constant prompt and the mean training embedding; writes "
+        "report.json, per_image.csv and report.html (plots, best and worst examples).",
+        ["unprompt eval data_manifests/examples/eval.csv",
+         "unprompt eval pairs.parquet --profile kaggle --train-prompts train.csv --out reports/kaggle"])
     p.add_argument("manifest", help="CSV/parquet with image (path, relative to the file) and prompt columns")
-    _add_profile(p)
     p.add_argument("--out", default=None, help="report folder (default eval-<profile>)")
     p.add_argument("--train-prompts", default=None,
                    help="prompts for the mean-embedding baseline (default: leave-one-out over the manifest)")
     p.add_argument("--constant-prompt", default=None, help="prompt for the constant baseline")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
-        "serve", help="run the HTTP service", formatter_class=_Formatter,
-        description="Serve POST /v1/interrogate (and /v1/interrogate/batch, /v1/info, /healthz, /readyz, /metrics, "
-                    "/docs and a web page at /) with uvicorn. Models and indexes load once, at start-up. Other settings "
-                    "come from UNPROMPT_* environment variables: UNPROMPT_API_KEY, UNPROMPT_MAX_UPLOAD_BYTES, "
-                    "UNPROMPT_MAX_PIXELS, UNPROMPT_CORS_ORIGINS, UNPROMPT_MAX_BATCH_SIZE, UNPROMPT_MAX_WAIT_MS.",
-        epilog="examples:\n  unprompt serve\n  unprompt serve --host 0.0.0.0 --port 8080 --profile kaggle\n"
-               "  curl -F file=@cat.jpg http://127.0.0.1:8000/v1/interrogate",
-    )
-    _add_profile(p)
+    p = _command(
+        sub, "serve", cmd_serve, "run the HTTP service",
+        "Serve POST /v1/interrogate (and /v1/interrogate/batch, /v1/info, /healthz, /readyz, /metrics, /docs and a "
+        "web page at /) with uvicorn. Models and indexes load once, at start-up. Other settings come from UNPROMPT_* "
+        "environment variables: UNPROMPT_API_KEY, UNPROMPT_MAX_UPLOAD_BYTES, UNPROMPT_MAX_PIXELS, "
+        "UNPROMPT_CORS_ORIGINS, UNPROMPT_MAX_BATCH_SIZE, UNPROMPT_MAX_WAIT_MS.",
+        ["unprompt serve", "unprompt serve --host 0.0.0.0 --port 8080 --profile kaggle",
+         "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/interrogate"])
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (no micro-batching)")
-    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -208,3 +208,12 @@ def test_ivf_returns_the_exact_top1_for_texts_in_the_corpus(tmp_path):
     assert all(abs(h[0].score - 1.0) < 2e-3 for h in hits)
     kind_hits = index.search(enc.encode_text(texts[:20]), k=3, kind="flavour")
     assert all(h.kind == "flavour" for hs in kind_hits for h in hs)
+
+
+def test_shipped_example_manifests_parse():
+    from conftest import REPO
+
+    for path in sorted((REPO / "data_manifests" / "examples").glob("*.*")):
+        if path.suffix in (".toml", ".yaml", ".yml"):
+            manifest = load_manifest(path)
+            assert manifest.sources and all(s.kind == "caption" for s in manifest.sources)

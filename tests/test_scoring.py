@@ -73,30 +73,31 @@ def test_malformed_inputs_are_refused_naming_ids(tmp_path, truth, pred, message)
     assert message in str(err.value)
 
 
-def test_long_format_errors(tmp_path):
+def _short_b(rows):
+    rows["imgId_eId"] += [f"b_{e}" for e in range(383)]
+    rows["val"] += ["0.1"] * 383
+    return rows
+
+
+def _set(rows, column, position, value):
+    rows[column][position] = value
+    return rows
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (_short_b(long_rows(["a"])), r"384 rows.*b \(383 rows\)"),
+        (_set(_set(long_rows(["a", "b"]), "val", 5, "nan"), "val", 400, "inf"), "non-finite.*a, b"),
+        (_set(long_rows(["a", "b"]), "val", 3, "hello"), "non-numeric values for ids: a"),
+        (_set(long_rows(["a", "b"]), "imgId_eId", 0, "a"), "not of the form"),
+        (_set(long_rows(["a", "b"]), "imgId_eId", 1, "a_0"), "duplicate imgId_eId rows for ids: a"),
+    ],
+)
+def test_long_format_errors(tmp_path, rows, message):
     t = write(tmp_path / "t.csv", {"imgId": ["a", "b"], "prompt": ["x", "y"]})
-    short = long_rows(["a"]) | {}
-    short["imgId_eId"] = short["imgId_eId"] + [f"b_{e}" for e in range(383)]
-    short["val"] = short["val"] + ["0.1"] * 383
-    with pytest.raises(ScoreInputError, match=r"384 rows.*b \(383 rows\)"):
-        score_files(t, write(tmp_path / "p1.csv", short))
-    bad = long_rows(["a", "b"])
-    bad["val"][5] = "nan"
-    bad["val"][400] = "inf"
-    with pytest.raises(ScoreInputError, match="non-finite.*a, b"):
-        score_files(t, write(tmp_path / "p2.csv", bad))
-    words = long_rows(["a", "b"])
-    words["val"][3] = "hello"
-    with pytest.raises(ScoreInputError, match="non-numeric values for ids: a"):
-        score_files(t, write(tmp_path / "p3.csv", words))
-    nosuffix = long_rows(["a", "b"])
-    nosuffix["imgId_eId"][0] = "a"
-    with pytest.raises(ScoreInputError, match="not of the form"):
-        score_files(t, write(tmp_path / "p4.csv", nosuffix))
-    dup = long_rows(["a", "b"])
-    dup["imgId_eId"][1] = "a_0"
-    with pytest.raises(ScoreInputError, match="duplicate imgId_eId rows for ids: a"):
-        score_files(t, write(tmp_path / "p5.csv", dup))
+    with pytest.raises(ScoreInputError, match=message):
+        score_files(t, write(tmp_path / "p.csv", rows))
 
 
 def test_missing_file_and_empty_truth_prompt(tmp_path):

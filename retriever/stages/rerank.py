@@ -43,16 +43,19 @@ class TextEmbeddings:
         return out
 
     def for_texts(self, texts: Sequence[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if not texts:
+            return np.zeros((0, self.space.dim), np.float32)
+        found = {t: self.memo[t] for t in dict.fromkeys(texts) if t in self.memo}
+        new = [t for t in dict.fromkeys(texts) if t not in found]
         if new:
-            for t, v in zip(new, self.space.encode_text(new)):
-                self.memo[t] = v
+            found.update(zip(new, self.space.encode_text(new)))
             self.computed += len(new)
-            while len(self.memo) > self.memo_size:
-                self.memo.popitem(last=False)
-        for t in texts:
+        for t in found:
+            self.memo[t] = found[t]
             self.memo.move_to_end(t)
-        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, self.space.dim), np.float32)
+        while len(self.memo) > self.memo_size:
+            self.memo.popitem(last=False)
+        return np.stack([found[t] for t in texts])
 
 
 class Reranker:
