@@ -170,7 +170,7 @@ class TextIndex:
     def kinds(self) -> list[str]:
         return list(self.record.kinds)
 
-    def search(self, queries: np.ndarray, k: int, kind: str | None = None, rescore: int = 4) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, kind: str | None = None, rescore: int = 10) -> list[list[Hit]]:
         """Top-k rows per query by inner product, optionally only rows of one kind.
 
         On an approximate index with stored vectors, ``k * rescore`` candidates are fetched and

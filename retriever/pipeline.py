@@ -118,6 +118,8 @@ class Interrogator:
 
     def interrogate(self, images: Sequence[Image.Image]) -> list[Interrogation]:
         """One Interrogation per image. Timings are per image (a batch's stage time over its size)."""
+        if not images:
+            return []
         timer = _Timer()
         with timer.stage("image_encode"):
             retrieval_vectors = self.retrieval_space.encode_images(images)
