@@ -122,6 +122,12 @@ def _result_out(result: Interrogation, interrogator: Interrogator, embedding: bo
     return out
 
 
+def default_batch_size() -> int:
+    import torch
+
+    return 32 if torch.cuda.is_available() else 4
+
+
 def create_app(settings: Settings | None = None, interrogator: Interrogator | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -142,7 +148,7 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
                 metrics.stage.labels(stage).observe(ms / 1000)
             return results
 
-        batcher = MicroBatcher(run, settings.max_batch_size, settings.max_wait_ms,
+        batcher = MicroBatcher(run, settings.max_batch_size or default_batch_size(), settings.max_wait_ms,
                                on_batch=metrics.batch_size.observe, enabled=settings.batching)
         batcher.start()
         app.state.batcher, app.state.interrogator = batcher, interrogator
@@ -257,7 +263,8 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
             "indexes": {name: ix.record.model_dump() for name, ix in interrogator.indexes.items()},
             "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
                        "max_batch_images": settings.max_batch_images},
-            "batching": {"enabled": settings.batching, "max_batch_size": settings.max_batch_size,
+            "batching": {"enabled": settings.batching,
+                         "max_batch_size": settings.max_batch_size or default_batch_size(),
                          "max_wait_ms": settings.max_wait_ms},
         }
 

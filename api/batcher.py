@@ -1,8 +1,8 @@
 """Dynamic micro-batching: concurrent requests share one model batch.
 
-Requests queue up; a collector takes the first, waits at most ``max_wait_ms`` for more, up to
-``max_batch_size``, and runs the batch on a single worker thread, so model work never blocks
-the event loop and never runs two batches at once.
+Requests queue up; a collector takes the first and, when other requests are in flight, waits at
+most ``max_wait_ms`` for more, up to ``max_batch_size``; a lone request runs at once. Batches run
+on a single worker thread, so model work never blocks the event loop and never runs two at once.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unprompt-model")
         self.queue: asyncio.Queue[tuple[Image.Image, asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self.inflight = 0  # submitted and not yet answered
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._collect())
@@ -44,8 +45,12 @@ class MicroBatcher:
 
     async def submit(self, image: Image.Image) -> Interrogation:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self.queue.put((image, future))
-        return await future
+        self.inflight += 1
+        try:
+            await self.queue.put((image, future))
+            return await future
+        finally:
+            self.inflight -= 1
 
     async def submit_many(self, images: Sequence[Image.Image]) -> list[Interrogation]:
         return list(await asyncio.gather(*(self.submit(im) for im in images)))
@@ -55,7 +60,8 @@ class MicroBatcher:
         while True:
             batch = [await self.queue.get()]
             deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch_size:
+            # wait for company only when other requests are on their way (alone, run at once)
+            while len(batch) < self.max_batch_size and (self.inflight > len(batch) or not self.queue.empty()):
                 remaining = deadline - time.monotonic()
                 try:
                     batch.append(self.queue.get_nowait() if remaining <= 0 else

@@ -140,12 +140,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         vec_path = out / f".vectors-{build_id}.npy.tmp"
         vectors_mm = None
         if not choice.exact:
-            vectors_mm = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float16, shape=(n, encoder.dim))
-            offset = 0
-            for _, block in chunks():
-                vectors_mm[offset : offset + len(block)] = block
-                offset += len(block)
-            vectors_mm.flush()
+            vectors_mm = _write_rows(vec_path, n, encoder.dim, chunks())
             train(index, vectors_mm[sample_rows(n)].astype(np.float32))
         timings["train_s"] = time.perf_counter() - t
 
@@ -188,13 +183,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         for extra in rerank_encoders:
             role = f"rerank-{embedding.model_key(extra.model_id)}"
             tmp = out / f".{role}-{build_id}.npy.tmp"
-            cache = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, extra.dim))
-            offset = 0
-            for _, block in chunks(extra.model_id):
-                cache[offset : offset + len(block)] = block
-                offset += len(block)
-            cache.flush()
-            del cache
+            _write_rows(tmp, n, extra.dim, chunks(extra.model_id))  # flushed; the map closes when dropped
             commit_file(role, tmp, f"{role}-{build_id}.npy")
             rerank_caches[extra.model_id] = role
         timings["write_s"] = time.perf_counter() - t
@@ -211,6 +200,17 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         for model_id in [encoder.model_id, *(e.model_id for e in rerank_encoders)]:
             _collect_garbage(out, build_id, shard_root, model_id, [st for st, _ in ordered])
         return BuildReport(out, record, embedded, choice, timings)
+
+
+def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[tuple[SourceTexts, np.ndarray]]) -> np.ndarray:
+    """Stream row blocks into a float16 .npy file; returns it memory-mapped."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    offset = 0
+    for _, block in blocks:
+        array[offset : offset + len(block)] = block
+        offset += len(block)
+    array.flush()
+    return array
 
 
 def _collect_garbage(out: Path, build_id: str, shard_root: Path, model_id: str, used: list[SourceTexts]) -> None:
