@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from retriever.encoders import create_space
-from retriever.encoders.base import Space
+from retriever.encoders.base import Space, l2_normalize
 from retriever.encoders.minilm import sentence_encoder
 from retriever.errors import IndexIntegrityError, ProfileError
 from retriever.index import TextIndex
@@ -91,6 +91,26 @@ class Interrogator:
         self.assembler = Assembler(profile.assemble)
         self.regressor = regressor
         self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
+        self.style_pool: list[Candidate] = []
+        self.rerank_prior, self.metric_prior = self._priors()
+
+    def _priors(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Mean rerank-space and metric-space embeddings of the prior texts (None when switched off)."""
+        cfg = self.profile.prior
+        if not (cfg.assemble_weight or cfg.blend_weight):
+            return None, None
+        cands = []
+        for name, index in self.indexes.items():
+            if cfg.kind in index.record.kinds:
+                start, end = index.record.kinds[cfg.kind]
+                cands += [Candidate(index.text(r), cfg.kind, "", name, r, 0.0) for r in range(start, min(end, start + cfg.top))]
+        if not cands:
+            raise ProfileError(f"profile {self.profile.name}: prior.kind {cfg.kind!r} is in none of its indexes")
+        rerank = l2_normalize(self.text_embeddings.for_candidates(cands).mean(axis=0))
+        metric = l2_normalize(self._metric_embed([c.text for c in cands]).mean(axis=0))
+        if cfg.assemble_weight:
+            self.style_pool = cands[: cfg.style_candidates]
+        return rerank, metric
 
     @classmethod
     def from_profile(cls, profile: Profile, checksums: bool = True) -> "Interrogator":
@@ -133,8 +153,11 @@ class Interrogator:
             # a floor that empties everything must not leave the image without a prompt
             reranked = [r if r else _best_of(c) for r, c in zip(reranked, retrieved)]
         with timer.stage("assemble"):
-            assembled = [self.assembler.assemble(v, c, self.text_embeddings.for_texts)
-                         for v, c in zip(rerank_vectors, reranked)]
+            targets = rerank_vectors
+            if self.rerank_prior is not None and self.profile.prior.assemble_weight:
+                targets = l2_normalize(rerank_vectors + self.profile.prior.assemble_weight * self.rerank_prior)
+            assembled = [self.assembler.assemble(v, c, self.text_embeddings.for_texts, self.style_pool)
+                         for v, c in zip(targets, reranked)]
         with timer.stage("regress"):
             regressed = self.regressor.predict(retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
@@ -159,7 +182,8 @@ class Interrogator:
             stages = {"retrieval": retrieval_emb[i], "prompt": prompt_emb[i]}
             if reg is not None:
                 stages["regressor"] = reg
-            final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight)
+            final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
+                          self.metric_prior, self.profile.prior.blend_weight)
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
             results.append(Interrogation(a.text, tops[i].text, final, stages, cands, a.tried))
         return results

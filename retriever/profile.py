@@ -105,6 +105,18 @@ class BlendConfig(_Strict):
         return self
 
 
+class PriorConfig(_Strict):
+    """What prompts look like, apart from any image: the mean embedding of the first `top` texts of one
+    kind in the index (clip-interrogator's flavours come most-used first). It can pull the assembly
+    target and the final blend toward prompt style; both weights 0 (the default) switch it off."""
+
+    kind: str = "flavour"
+    top: int = Field(default=200, ge=1)
+    assemble_weight: float = Field(default=0.0, ge=0, description="added to the image vector as the assembly target")
+    style_candidates: int = Field(default=16, ge=0, description="first prior texts the greedy chain may add")
+    blend_weight: float = Field(default=0.0, ge=0, description="weight of the prior in the final blend")
+
+
 class Profile(_Strict):
     name: str
     description: str = ""
@@ -114,6 +126,7 @@ class Profile(_Strict):
     assemble: AssembleConfig
     regress: RegressConfig
     blend: BlendConfig
+    prior: PriorConfig = PriorConfig()
     source: str = Field(default="", description="where the profile was read from (filled in on load)")
 
     @property

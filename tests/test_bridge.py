@@ -74,3 +74,22 @@ def test_real_bridge_points_a_cat_photo_at_cats(lite_interrogator):
     scores = texts @ cat
     assert scores[0] > scores[1] and scores[0] > scores[2]
     assert np.isclose(np.linalg.norm(cat), 1.0, atol=1e-5)
+
+
+def test_lite_prior_comes_from_the_most_used_flavours(lite_interrogator):
+    prior = lite_interrogator.metric_prior
+    assert prior is not None and np.isclose(np.linalg.norm(prior), 1.0, atol=1e-5)
+    pool = [c.text for c in lite_interrogator.style_pool]
+    assert pool[:3] == ["highly detailed", "sharp focus", "intricate"]  # the top of clip-interrogator's flavours
+    style = lite_interrogator.metric.encode_text(["highly detailed digital painting, trending on artstation"])[0]
+    plain = lite_interrogator.metric.encode_text(["a dog"])[0]
+    assert style @ prior > plain @ prior
+
+
+def test_a_prior_kind_missing_from_the_index_is_a_profile_error(lite_profile):
+    from retriever.errors import ProfileError
+    from retriever.pipeline import Interrogator
+
+    bad = lite_profile.model_copy(update={"prior": lite_profile.prior.model_copy(update={"kind": "caption"})})
+    with pytest.raises(ProfileError, match="prior.kind 'caption'"):
+        Interrogator.from_profile(bad, checksums=False)

@@ -137,3 +137,18 @@ def test_blend_arithmetic():
     np.testing.assert_allclose(blend(t, None, 0.25, 0.75), t)
     np.testing.assert_allclose(blend(t, r, 1.0, 0.0), t)
     np.testing.assert_allclose(np.linalg.norm(blend(t, r, 3, 1)), 1.0, atol=1e-7)
+
+
+def test_blend_with_a_prior():
+    t, r, p = np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 3.0])
+    out = blend(t, r, 0.5, 0.5, prior=p, prior_weight=0.5)
+    np.testing.assert_allclose(out, np.ones(3) / np.sqrt(3), atol=1e-7)
+    np.testing.assert_allclose(blend(t, r, 0.5, 0.5, prior=None, prior_weight=0.5), blend(t, r, 0.5, 0.5))
+
+
+def test_style_components_join_the_chain():
+    enc = ScoreByWords()
+    cfg = AssembleConfig(templates=["{subject}"], chain_kinds=["flavour"], max_chain=5)
+    style = [cand("good style", "flavour", 0.0), cand("bad style", "flavour", 0.0)]
+    out = Assembler(cfg).assemble(enc.image, {"subject": [cand("a fox", "subject", 0.5)]}, enc, style)
+    assert out.text == "a fox, good style"

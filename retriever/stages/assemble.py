@@ -78,7 +78,9 @@ class Assembler:
             words.pop()
         return " ".join(words)
 
-    def assemble(self, image_vector: np.ndarray, candidates: Candidates, encode: EncodeFn) -> AssembledPrompt:
+    def assemble(self, image_vector: np.ndarray, candidates: Candidates, encode: EncodeFn,
+                 style: Sequence[Candidate] = ()) -> AssembledPrompt:
+        """``style``: extra components (e.g. the most-used flavours) the greedy chain may also add."""
         cfg = self.config
         fill = slot_fill(candidates)
         options: list[tuple[str, list[Candidate]]] = []
@@ -104,6 +106,7 @@ class Assembler:
             (c for k in cfg.chain_kinds for c in candidates.get(k, []) if c.text not in used_texts),
             key=lambda c: -c.score,
         )[: cfg.chain_candidates]
+        pool += [c for c in style if c.text not in used_texts and all(c.text != p.text for p in pool)]
         components = list(used)
         for _ in range(cfg.max_chain):
             extensions = [(f"{text}, {c.text}", c) for c in pool]
