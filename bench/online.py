@@ -3,7 +3,7 @@
     .venv/bin/python bench/online.py            # lite profile, this CPU
 
 Ours: candidate texts' embeddings come from the index (stored), new strings are embedded once
-and remembered, the retrieval-only and prompt embeddings reuse the rerank space when it is
+and remembered (the memory is cleared before each image here, so repeats don't flatter it), the retrieval-only and prompt embeddings reuse the rerank space when it is
 the metric's. Naive baseline (same models, same images, same run): every candidate text and
 every metric embedding is computed afresh per request; for CLIP text towers it would also
 run the full 77-token context. Start-up (loading models and index) is excluded from both.
@@ -45,6 +45,7 @@ def run(interrogator, data: list[bytes], rounds: int) -> tuple[list[float], dict
     totals, stages = [], {}
     for r in range(rounds + 1):
         for blob in data:
+            interrogator.text_embeddings.memo.clear()  # repeated images must not find their prompts cached
             t = time.perf_counter()
             image = decode_image(blob)
             decode = (time.perf_counter() - t) * 1000
