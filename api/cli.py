@@ -131,7 +131,8 @@ def cmd_build_index(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- train-regressor
 def cmd_train_regressor(args: argparse.Namespace) -> int:
-    from index_build.train_head import TrainConfig, cached_image_features, read_prompts, read_table, train_head
+    from index_build.train_head import TrainConfig, cached_image_features, read_prompts, train_head
+    from retriever.evaluation.run import read_pairs
     from retriever.encoders import create_space
     from retriever.encoders.minilm import sentence_encoder
     from retriever.paths import resolve_home_path
@@ -144,14 +145,8 @@ def cmd_train_regressor(args: argparse.Namespace) -> int:
     space = create_space(profile.retrieve.space)
     metric = sentence_encoder(profile.metric_model)
     if args.pairs:
-        table = read_table(args.pairs)
-        missing = {args.image_column, args.prompt_column} - set(table.columns)
-        if missing:
-            raise UnpromptError(f"{args.pairs} has no column(s) {', '.join(sorted(missing))}")
-        base = Path(args.pairs).parent
-        paths = [str(p if Path(p).is_absolute() else base / p) for p in table[args.image_column].to_list()]
-        prompts = [str(p) for p in table[args.prompt_column].to_list()]
-        features = cached_image_features(space, paths)
+        image_paths, prompts = read_pairs(args.pairs, args.image_column, args.prompt_column)
+        features = cached_image_features(space, [str(p) for p in image_paths])
         mode = "pairs"
     else:
         if profile.retrieve.space.kind != "open_clip":

@@ -124,19 +124,16 @@ def cached_image_features(space, paths: Sequence[str], batch_size: int = 32, pro
     return out
 
 
-def read_table(path: str | Path):
-    """CSV, parquet or JSONL as a polars DataFrame."""
-    import polars as pl
-
-    path = Path(path)
-    readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
-    if path.suffix.lower() not in readers:
-        raise ValueError(f"{path}: expected a .csv, .parquet or .jsonl file")
-    return readers[path.suffix.lower()](path)
-
-
 def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
+    """Prompts from a text file (one a line) or a table's column."""
+    from retriever.evaluation.tables import ScoreInputError, read_table
+
     path = Path(path)
     if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise ScoreInputError(f"{path}: no such file")
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [str(p) for p in read_table(path)[column].drop_nulls().to_list()]
+    table = read_table(path)
+    if column not in table.columns:
+        raise ScoreInputError(f"{path}: no column {column!r}; found {', '.join(table.columns)}")
+    return [str(p) for p in table[column].drop_nulls().to_list()]

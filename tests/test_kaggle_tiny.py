@@ -138,3 +138,22 @@ def test_mismatched_head_is_refused(kaggle_tiny, tmp_path, home):
     res = run_cli("predict", "--profile", str(kaggle_tiny), str(EXAMPLES / "cat.jpg"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "does not fit this profile" in res.stderr and "feature_model_id" in res.stderr
+
+
+def test_pairs_training_caches_image_features(kaggle_tiny, tmp_path, home):
+    pairs = REPO / "data_manifests" / "examples" / "eval.csv"
+    out = tmp_path / "pairs-head.pt"
+    res = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--pairs", str(pairs), "--epochs", "5",
+                  "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    import torch
+
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["mode"] == "pairs" and meta["metrics"]["n_train"] + meta["metrics"]["n_val"] == 7
+    cached = list((home / "cache" / "features").rglob("*.npy"))
+    assert len(cached) == 7  # one per distinct image, reused by the next run
+    again = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--pairs", str(pairs), "--epochs", "5",
+                    "--out", str(out))
+    assert again.returncode == 0 and len(list((home / "cache" / "features").rglob("*.npy"))) == 7
+    bad = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--pairs", str(pairs), "--image-column", "img")
+    assert bad.returncode == 2 and "missing column(s) img" in bad.stderr and "Traceback" not in bad.stderr

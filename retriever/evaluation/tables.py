@@ -23,12 +23,16 @@ def _ids(values, limit: int = 10) -> str:
 
 
 def read_table(path: str | Path) -> pl.DataFrame:
+    """A CSV (every column read as text), parquet or JSONL file as a DataFrame, or a clear error."""
     path = Path(path)
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
     try:
-        if path.suffix.lower() == ".parquet":
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
             return pl.read_parquet(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return pl.read_ndjson(path)
         return pl.read_csv(path, infer_schema=False)
     except pl.exceptions.PolarsError as exc:
         raise ScoreInputError(f"{path}: cannot read as a table ({str(exc).splitlines()[0]})") from None
