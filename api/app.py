@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.batcher import MicroBatcher
 from api.logs import configure
 from api.metrics import Metrics
-from api.schemas import BatchItemOut, BatchOut, ErrorOut, InterrogateOut
+from api.schemas import BatchOut, ErrorOut, InterrogateOut
 from api.settings import Settings
 from retriever import __version__
 from retriever.images import ImageRejected, decode_image

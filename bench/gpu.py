@@ -51,7 +51,7 @@ def run() -> None:
     _, s = timed(lambda: [a @ b for _ in range(20)], sync)
     peak = 20 * 2 * 8192**3 / s
     print(f"device: {name}; measured bf16 matmul rate {peak / 1e12:.0f} TFLOP/s (8192^3, baseline for fractions)\n")
-    del a, b
+    a = b = None  # free the card for the next part
 
     space = ClipSpace(ClipSpaceSpec(kind="open_clip", model="ViT-bigG-14", pretrained="random", precision="bf16"))
     tower = space.model
@@ -82,7 +82,7 @@ def run() -> None:
         t = tokens[:256].to("cuda")
         diff = (tower.encode_text(t).float() - encode_truncated(tower, t).float()).abs().max().item()
     print(f"max |difference| of raw features in bf16 (256 texts): {diff:.3e}\n")
-    del space, tower
+    space = tower = None
     torch.cuda.empty_cache()
 
     import faiss

@@ -49,7 +49,7 @@ def test_rerank_orders_floors_and_uses_stored_embeddings(small_index):
     out = Reranker(embeddings, floor=0.0, keep=4).rerank(image, cands)
     assert enc.embedded == before and embeddings.computed == 0  # all known texts: nothing embedded
     assert out["subject"][0].text == "a lighthouse at dusk"
-    for kind, kept in out.items():
+    for kept in out.values():
         assert len(kept) <= 4 and all(c.rerank_score >= 0.0 for c in kept)
         assert [c.score for c in kept] == sorted((c.score for c in kept), reverse=True)
     strict = Reranker(embeddings, floor=0.99, keep=4).rerank(image, cands)
