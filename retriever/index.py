@@ -117,11 +117,9 @@ class TextIndex:
         self.directory = directory
         self.record = record
         self.index = index
-        self._texts: list[str] = meta["text"].to_list()
-        self._kinds: list[str] = meta["kind"].to_list()
-        self._sources: list[str] = meta["source"].to_list()
+        # polars Series (Arrow memory), not Python lists: tens of millions of rows stay compact
+        self._texts, self._kinds, self._sources = meta["text"], meta["kind"], meta["source"]
         self.vectors = vectors
-        self._row_of = {t: i for i, t in enumerate(self._texts)}
         self._caches: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -210,9 +208,6 @@ class TextIndex:
 
     def hit(self, row: int, score: float) -> Hit:
         return Hit(row, score, self._texts[row], self._kinds[row], self._sources[row])
-
-    def row_of(self, text: str) -> int | None:
-        return self._row_of.get(text)
 
     def text(self, row: int) -> str:
         return self._texts[row]
