@@ -144,8 +144,9 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
 
         def run(images):
             results = interrogator.interrogate(images)
-            for stage, ms in results[0].timings_ms.items():
-                metrics.stage.labels(stage).observe(ms / 1000)
+            for result in results:  # per image, as the histogram says
+                for stage, ms in result.timings_ms.items():
+                    metrics.stage.labels(stage).observe(ms / 1000)
             return results
 
         batcher = MicroBatcher(run, settings.max_batch_size or default_batch_size(), settings.max_wait_ms,

@@ -21,10 +21,6 @@ class IndexChoice:
     nprobe: int
     reason: str
 
-    @property
-    def needs_training(self) -> bool:
-        return not self.exact
-
 
 def _pq_subquantizers(dim: int, bytes_per_vector: float) -> int:
     """Most 4-bit PQ sub-quantizers (two per byte) that divide dim, fit the budget, and keep >= 2 dims each."""

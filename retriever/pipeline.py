@@ -24,9 +24,6 @@ from retriever.stages.regress import BridgeRegressor, HeadRegressor, Regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
 from retriever.stages.retrieve import Retriever
 
-STAGES = ("image_encode", "retrieve", "rerank", "assemble", "regress", "blend")
-
-
 @dataclass
 class Interrogation:
     prompt: str
@@ -91,14 +88,14 @@ class Interrogator:
         self.assembler = Assembler(profile.assemble)
         self.regressor = regressor
         self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
-        self.style_pool: list[Candidate] = []
-        self.rerank_prior, self.metric_prior = self._priors()
+        self.rerank_prior, self.metric_prior, self.style_pool = self._priors()
 
-    def _priors(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Mean rerank-space and metric-space embeddings of the prior texts (None when switched off)."""
+    def _priors(self) -> tuple[np.ndarray | None, np.ndarray | None, list[Candidate]]:
+        """Mean rerank-space and metric-space embeddings of the prior texts (None when switched off), and
+        the first of them as style components for the greedy chain (only when the prior steers assembly)."""
         cfg = self.profile.prior
         if not (cfg.assemble_weight or cfg.blend_weight):
-            return None, None
+            return None, None, []
         cands = []
         for name, index in self.indexes.items():
             if cfg.kind in index.record.kinds:
@@ -108,9 +105,7 @@ class Interrogator:
             raise ProfileError(f"profile {self.profile.name}: prior.kind {cfg.kind!r} is in none of its indexes")
         rerank = l2_normalize(self.text_embeddings.for_candidates(cands).mean(axis=0))
         metric = l2_normalize(self._metric_embed([c.text for c in cands]).mean(axis=0))
-        if cfg.assemble_weight:
-            self.style_pool = cands[: cfg.style_candidates]
-        return rerank, metric
+        return rerank, metric, cands[: cfg.style_candidates] if cfg.assemble_weight else []
 
     @classmethod
     def from_profile(cls, profile: Profile, checksums: bool = True) -> "Interrogator":

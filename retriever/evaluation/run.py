@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool
         vectors.append(interrogator.interrogate([image])[0].embedding)
     if bad:
         raise ScoreInputError("no submission written; these images could not be read:\n  " + "\n  ".join(bad))
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
         raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
     write_long(out, ids, np.stack(vectors))
