@@ -1,3 +1,1 @@
-"""unprompt's user-facing surface: the command line and the HTTP service."""
-
-import retriever  # noqa: F401  (applies the torchvision import fix before any model library loads)
+"""unprompt's entry points: the command line (`api.cli`) and the HTTP service (`api.app`)."""

@@ -3,6 +3,7 @@
 Requests queue up; a collector takes the first and, when other requests are in flight, waits at
 most ``max_wait_ms`` for more, up to ``max_batch_size``; a lone request runs at once. Batches run
 on a single worker thread, so model work never blocks the event loop and never runs two at once.
+A batch that fails is run again image by image, so only the request whose image fails gets the error.
 """
 
 from __future__ import annotations
@@ -75,11 +76,25 @@ class MicroBatcher:
                 self.on_batch(len(live))
             try:
                 results = await loop.run_in_executor(self.executor, self.run, [im for im, _ in live])
-            except Exception as exc:  # the requests of this batch fail; the service keeps serving
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            except Exception as exc:
+                if len(live) == 1:
+                    _settle(live[0][1], exc=exc)
+                    continue
+                # one bad image must not fail its neighbours: run each alone, so only its own request fails
+                for image, fut in live:
+                    try:
+                        _settle(fut, result=(await loop.run_in_executor(self.executor, self.run, [image]))[0])
+                    except Exception as alone:
+                        _settle(fut, exc=alone)
                 continue
             for (_, fut), result in zip(live, results):
-                if not fut.done():
-                    fut.set_result(result)
+                _settle(fut, result=result)
+
+
+def _settle(fut: asyncio.Future, result: Interrogation | None = None, exc: BaseException | None = None) -> None:
+    if fut.done():  # the client went away
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)

@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import retriever  # noqa: E402,F401
+from retriever._compat import ensure_torchvision_importable  # noqa: E402
+
+ensure_torchvision_importable()
 
 
 def main() -> int:

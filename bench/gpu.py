@@ -36,7 +36,9 @@ def timed(fn, sync):
 def run() -> None:
     import torch
 
-    import retriever  # noqa: F401
+    from retriever._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
     from retriever.encoders.clip import ClipSpace
     from retriever.encoders.clip_text import encode_truncated, eot_lengths
     from retriever.profile import ClipSpaceSpec

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -22,26 +21,17 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from index_build import embed as embedding
-from index_build.choose import GiB, IndexChoice, choose_index
-from index_build.faiss_build import fill, new_index, sample_rows, set_nprobe, train
+from index_build.choose import IndexChoice, choose_index
+from index_build.faiss_build import check_trainable, fill, new_index, sample_rows, set_nprobe, train
 from index_build.manifest import Manifest
+from index_build.options import BuildOptions
 from index_build.read import SourceTexts, dedup_across, read_manifest
 from retriever.encoders.base import TextEncoder, l2_normalize
+from retriever.errors import ManifestError, UnpromptError
+from retriever.files import TMP_SUFFIX, atomic_write, write_bytes_atomic
 from retriever.index import RECORD_NAME, BuildRecord, FileEntry, SourceEntry, sha256_file
 
 SHARD_DIR = ".shards"
-
-
-@dataclass
-class BuildOptions:
-    shard_size: int = embedding.DEFAULT_SHARD_SIZE
-    memory_budget: int = 4 * GiB
-    exact_max: int = 1_000_000
-    factory: str | None = None
-    reduce_to: int | None = None
-    opq: bool = False
-    progress: bool = True
-    runner: embedding.Runner | None = None  # how shards are embedded; default: in this process
 
 
 @dataclass
@@ -60,8 +50,6 @@ def _exclusive(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            from retriever.errors import UnpromptError
-
             raise UnpromptError(f"another build is writing {out}; wait for it to finish") from None
         yield
 
@@ -74,13 +62,6 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, options: BuildOptions | None = None,
@@ -101,6 +82,14 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         sources = read_manifest(manifest)
         keep = dedup_across(sources, manifest.dedup.near)
         timings["read_s"] = time.perf_counter() - t
+        # rows grouped by kind, in the order kinds first appear in the manifest
+        kinds: list[str] = list(dict.fromkeys(st.source.kind for st in sources))
+        ordered = [(st, rows) for kind in kinds for st, rows in zip(sources, keep) if st.source.kind == kind]
+        n = sum(len(rows) for _, rows in ordered)
+        if n == 0:
+            raise ManifestError(f"manifest {manifest.name!r} yields no texts after filtering")
+        choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory)
+        check_trainable(new_index(encoder.dim, choice), n)  # a bad factory or too few texts: refused before embedding
 
         t = time.perf_counter()
         shard_root = out / SHARD_DIR
@@ -115,20 +104,11 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
                 embedded[name] += count
         timings["embed_s"] = time.perf_counter() - t
 
-        # rows grouped by kind, in the order kinds first appear in the manifest
-        kinds: list[str] = list(dict.fromkeys(st.source.kind for st in sources))
-        ordered = [(st, rows) for kind in kinds for st, rows in zip(sources, keep) if st.source.kind == kind]
-        n = sum(len(rows) for _, rows in ordered)
-        if n == 0:
-            from retriever.errors import ManifestError
 
-            raise ManifestError(f"manifest {manifest.name!r} yields no texts after filtering")
-        choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory)
-
-        def chunks(model_id: str = encoder.model_id) -> Iterator[tuple[SourceTexts, np.ndarray]]:
+        def chunks(model_id: str = encoder.model_id) -> Iterator[np.ndarray]:
             for st, rows in ordered:
                 vectors = embedding.load_source_vectors(shard_root, model_id, st, opts.shard_size)
-                yield st, l2_normalize(vectors[np.asarray(rows, dtype=np.int64)].astype(np.float32))
+                yield l2_normalize(vectors[rows].astype(np.float32))
 
         build_id = hashlib.sha256(
             json.dumps([manifest.digest(), encoder.model_id, [e.model_id for e in rerank_encoders], choice.factory,
@@ -148,7 +128,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         if vectors_mm is not None:
             fill(index, (vectors_mm[s : s + 65536] for s in range(0, n, 65536)))
         else:
-            fill(index, (block for _, block in chunks()))
+            fill(index, chunks())
         set_nprobe(index, choice.nprobe)
         timings["add_s"] = time.perf_counter() - t
 
@@ -165,26 +145,26 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
                                               content_hash=st.content_hash, count=len(rows)))
         files: dict[str, FileEntry] = {}
 
-        def commit_file(role: str, tmp: Path, final_name: str) -> None:
+        def commit_file(role: str, final_name: str) -> None:
             final = out / final_name
-            tmp.replace(final)
             files[role] = FileEntry(path=final_name, bytes=final.stat().st_size, sha256=sha256_file(final))
 
-        tmp = out / f".index-{build_id}.faiss.tmp"
-        faiss.write_index(index, str(tmp))
-        commit_file("index", tmp, f"index-{build_id}.faiss")
-        tmp = out / f".meta-{build_id}.parquet.tmp"
-        pl.DataFrame({"text": texts, "kind": kinds_col, "source": source_col}).write_parquet(tmp)
-        commit_file("meta", tmp, f"meta-{build_id}.parquet")
+        with atomic_write(out / f"index-{build_id}.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
+        commit_file("index", f"index-{build_id}.faiss")
+        with atomic_write(out / f"meta-{build_id}.parquet") as tmp:
+            pl.DataFrame({"text": texts, "kind": kinds_col, "source": source_col}).write_parquet(tmp)
+        commit_file("meta", f"meta-{build_id}.parquet")
         if vectors_mm is not None:
             del vectors_mm
-            commit_file("vectors", vec_path, f"vectors-{build_id}.npy")
+            vec_path.replace(out / f"vectors-{build_id}.npy")
+            commit_file("vectors", f"vectors-{build_id}.npy")
         rerank_caches: dict[str, str] = {}
         for extra in rerank_encoders:
             role = f"rerank-{embedding.model_key(extra.model_id)}"
-            tmp = out / f".{role}-{build_id}.npy.tmp"
-            _write_rows(tmp, n, extra.dim, chunks(extra.model_id))  # flushed; the map closes when dropped
-            commit_file(role, tmp, f"{role}-{build_id}.npy")
+            with atomic_write(out / f"{role}-{build_id}.npy") as tmp:
+                _write_rows(tmp, n, extra.dim, chunks(extra.model_id))  # flushed; the map closes when dropped
+            commit_file(role, f"{role}-{build_id}.npy")
             rerank_caches[extra.model_id] = role
         timings["write_s"] = time.perf_counter() - t
 
@@ -194,19 +174,17 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
             manifest_hash=manifest.digest(), timings_s={k: round(v, 3) for k, v in timings.items()},
             versions=_versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
-        tmp = out / f".{RECORD_NAME}.tmp"
-        _fsync_write(tmp, record.model_dump_json(indent=2).encode())
-        tmp.replace(out / RECORD_NAME)  # the commit point
+        write_bytes_atomic(out / RECORD_NAME, record.model_dump_json(indent=2).encode())  # the commit point
         for model_id in [encoder.model_id, *(e.model_id for e in rerank_encoders)]:
             _collect_garbage(out, build_id, shard_root, model_id, [st for st, _ in ordered])
         return BuildReport(out, record, embedded, choice, timings)
 
 
-def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[tuple[SourceTexts, np.ndarray]]) -> np.ndarray:
+def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[np.ndarray]) -> np.ndarray:
     """Stream row blocks into a float16 .npy file; returns it memory-mapped."""
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
     offset = 0
-    for _, block in blocks:
+    for block in blocks:
         array[offset : offset + len(block)] = block
         offset += len(block)
     array.flush()
@@ -216,7 +194,7 @@ def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[tuple[SourceTexts
 def _collect_garbage(out: Path, build_id: str, shard_root: Path, model_id: str, used: list[SourceTexts]) -> None:
     for path in out.iterdir():
         stale_file = path.name.split("-", 1)[0] in ("index", "meta", "vectors", "rerank") and build_id not in path.name
-        leftover_tmp = path.name.startswith(".") and path.name.endswith(".tmp")  # from a killed build
+        leftover_tmp = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)  # from a killed build
         if path.is_file() and (stale_file or leftover_tmp):
             path.unlink(missing_ok=True)
     model_dir = shard_root / embedding.model_key(model_id)

@@ -3,13 +3,13 @@
 Shards live under ``<shard_root>/<model>/<source>-<content_hash>/NNNNNN.npy`` and are
 written to a temporary name, then renamed, so a shard on disk is always complete. A build
 killed at any moment resumes at the first missing shard; a source whose texts did not
-change (same content hash) is not embedded again.
+change (same content hash) is not embedded again. A shard whose header or size is wrong
+(truncated or damaged on disk) is removed and embedded again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -17,10 +17,11 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from index_build.options import DEFAULT_SHARD_SIZE
 from index_build.read import SourceTexts
 from retriever.encoders.base import TextEncoder
-
-DEFAULT_SHARD_SIZE = 8192
+from retriever.errors import IndexIntegrityError
+from retriever.files import atomic_write
 
 
 def model_key(model_id: str) -> str:
@@ -32,13 +33,25 @@ def source_shard_dir(shard_root: Path, model_id: str, st: SourceTexts) -> Path:
     return shard_root / model_key(model_id) / f"{st.source.name}-{st.content_hash}"
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _save_shard(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _shard_ok(path: Path, rows: int) -> bool:
+    """A complete float16 shard of ``rows`` vectors: the header reads, and the file is exactly as long as it says."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_start = f.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, EOFError):
+        return False
+    return (len(shape) == 2 and shape[0] == rows and dtype == np.float16
+            and size == data_start + shape[0] * shape[1] * dtype.itemsize)
 
 
 def shard_count(n: int, shard_size: int) -> int:
@@ -46,7 +59,14 @@ def shard_count(n: int, shard_size: int) -> int:
 
 
 def missing_shards(directory: Path, n: int, shard_size: int) -> list[int]:
-    return [i for i in range(shard_count(n, shard_size)) if not (directory / f"{i:06d}.npy").is_file()]
+    """Shards not on disk, or on disk but damaged (those are removed, to be embedded again)."""
+    missing = []
+    for i in range(shard_count(n, shard_size)):
+        path = directory / f"{i:06d}.npy"
+        if not _shard_ok(path, min(shard_size, n - i * shard_size)):
+            path.unlink(missing_ok=True)
+            missing.append(i)
+    return missing
 
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -106,8 +126,8 @@ def embed_sources(
         for job, vectors in (runner or LocalRunner(encoder.encode_text)).run(jobs):
             vectors = np.asarray(vectors, dtype=np.float16)
             if vectors.shape != (len(job.texts), encoder.dim):
-                raise RuntimeError(f"encoder returned {vectors.shape} for {len(job.texts)} texts of dim {encoder.dim}")
-            _atomic_save(job.path, vectors)
+                raise IndexIntegrityError(f"encoder returned {vectors.shape} for {len(job.texts)} texts of dim {encoder.dim}")
+            _save_shard(job.path, vectors)
             embedded[job.source] += len(job.texts)
             bar.set_postfix_str(job.source)
             bar.update(len(job.texts))
@@ -121,5 +141,5 @@ def load_source_vectors(shard_root: Path, model_id: str, st: SourceTexts, shard_
         return np.zeros((0, 0), dtype=np.float16)
     out = np.concatenate(parts)
     if len(out) != len(st.texts):
-        raise RuntimeError(f"shards of {st.source.name} hold {len(out)} vectors for {len(st.texts)} texts")
+        raise IndexIntegrityError(f"shards of {st.source.name} hold {len(out)} vectors for {len(st.texts)} texts")
     return out

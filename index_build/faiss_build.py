@@ -7,6 +7,7 @@ from typing import Iterable
 import numpy as np
 
 from index_build.choose import IndexChoice
+from retriever.errors import UnpromptError
 
 TRAIN_SAMPLE = 256 * 1024
 SEED = 1234
@@ -18,10 +19,29 @@ def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else exc.__class__.__name__)[:300]
+
+
 def new_index(dim: int, choice: IndexChoice):
     import faiss
 
-    return faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        return faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise UnpromptError(f"FAISS cannot make index {choice.factory!r} for {dim}-d vectors: {_first_line(exc)}") from None
+
+
+def check_trainable(index, n: int) -> None:
+    """Refuse an IVF index with more lists than there are texts to train it (FAISS would fail late)."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and not index.is_trained and min(n, TRAIN_SAMPLE) < ivf.nlist:
+        raise UnpromptError(
+            f"{n} texts cannot train an IVF index of {ivf.nlist} lists; give a --factory with fewer lists "
+            f"(at most {n}, ideally under {max(1, n // 39)}) or let the build choose exact search")
 
 
 def train(index, sample: np.ndarray) -> None:
@@ -37,7 +57,10 @@ def train(index, sample: np.ndarray) -> None:
         clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
         ivf.clustering_index = clustering_index
     faiss.omp_set_num_threads(faiss.omp_get_max_threads())
-    index.train(sample)
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        raise UnpromptError(f"FAISS could not train the index on {len(sample)} vectors: {_first_line(exc)}") from None
 
 
 def sample_rows(n: int, size: int = TRAIN_SAMPLE, seed: int = SEED) -> np.ndarray:

@@ -27,16 +27,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from retriever.errors import ManifestError
+from retriever.strict import Strict as _Strict, format_validation_error
 
 Format = Literal["auto", "text", "csv", "jsonl", "parquet"]
 _SUFFIX_FORMATS = {".txt": "text", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Source(_Strict):
@@ -96,7 +93,12 @@ def resolve_manifest_path(value: str | Path) -> Path:
 
 def load_manifest(value: str | Path) -> Manifest:
     path = resolve_manifest_path(value)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ManifestError(f"manifest {path} cannot be read ({exc.strerror})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -113,8 +115,7 @@ def load_manifest(value: str | Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        details = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ManifestError(f"manifest {path} is invalid:\n{details}") from None
+        raise ManifestError(f"manifest {path} is invalid:\n{format_validation_error(exc)}") from None
 
 
 def source_files(source: Source, base_dir: str) -> list[Path]:
@@ -130,6 +131,8 @@ def source_files(source: Source, base_dir: str) -> list[Path]:
         if not target.is_file():
             raise ManifestError(f"source {source.name!r}: {source.path} does not exist")
         return [target]
+    if "://" in source.path:
+        raise ManifestError(f"source {source.name!r}: remote paths ({source.path}) are not supported; download it first")
     pattern = Path(source.path).expanduser()
     if not pattern.is_absolute():
         pattern = Path(base_dir) / pattern
@@ -143,10 +146,16 @@ def package_file(spec: str) -> Path | None:
     """'<package>/<file>' inside an installed package, found without importing the package
     (importing clip_interrogator would start downloads)."""
     package, _, rel = spec.partition("/")
+    if not package.isidentifier():
+        raise ManifestError(f"pkg:{spec}: {package!r} is not a package name")
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         return None
-    return Path(list(found.submodule_search_locations)[0]) / rel
+    root = Path(list(found.submodule_search_locations)[0]).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise ManifestError(f"pkg:{spec} points outside the package {package!r}")
+    return target
 
 
 def source_format(source: Source, path: Path) -> str:

@@ -29,7 +29,9 @@ class RayRunner:
         @ray.remote(num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor)
         class _Embedder:
             def __init__(self, make: EncoderFactory) -> None:
-                import retriever  # noqa: F401  (torchvision import fix inside the worker)
+                from retriever._compat import ensure_torchvision_importable
+
+                ensure_torchvision_importable()  # inside the worker too
 
                 self.encoder = make()
 
@@ -52,7 +54,3 @@ class RayRunner:
             job, actor = pending.pop(done[0])
             idle.append(actor)
             yield job, ray.get(done[0])
-
-    def shutdown(self) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from index_build.manifest import Manifest, Source, source_files, source_format
@@ -16,12 +17,8 @@ NORMALISATION_VERSION = "1"
 
 
 def _scan(path: Path, fmt: str, column: str) -> pl.LazyFrame:
-    if fmt == "text":
-        # one text per line; no quoting, no header
-        frame = pl.scan_csv(
-            path, has_header=False, separator="\x1f", quote_char=None, new_columns=[column],
-            schema_overrides={column: pl.String}, truncate_ragged_lines=True,
-        )
+    if fmt == "text":  # one text per line, taken whole: no quoting, no header, no separator
+        frame = pl.scan_lines(path, name=column)
     elif fmt == "csv":
         frame = pl.scan_csv(path, infer_schema=False)
     elif fmt == "jsonl":
@@ -93,20 +90,14 @@ def read_manifest(manifest: Manifest) -> list[SourceTexts]:
     return [read_source(s, manifest.base_dir, manifest.dedup.near) for s in manifest.sources]
 
 
-def dedup_across(sources: list[SourceTexts], near: bool = False) -> list[list[int]]:
-    """Row positions to keep per source, dropping texts already given by an earlier source."""
-    seen: set[str] = set()
-    keep: list[list[int]] = []
-    for st in sources:
-        rows = []
-        for i, t in enumerate(st.texts):
-            k = _near_key_py(t) if near else t
-            if k not in seen:
-                seen.add(k)
-                rows.append(i)
-        keep.append(rows)
-    return keep
-
-
-def _near_key_py(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w ]+", "", text.lower())).strip()
+def dedup_across(sources: list[SourceTexts], near: bool = False) -> list[np.ndarray]:
+    """Row positions to keep per source, dropping texts already given by an earlier source (same key as
+    within a source: the text itself, or its near-duplicate key)."""
+    key = near_key(pl.col("text")) if near else pl.col("text")
+    rows = pl.concat([
+        pl.DataFrame({"text": st.texts}, schema={"text": pl.String}).with_row_index("row")
+        .with_columns(pl.lit(i, pl.Int32).alias("source"))
+        for i, st in enumerate(sources)
+    ])
+    kept = rows.with_columns(key.alias("_key")).unique(subset="_key", keep="first", maintain_order=True)
+    return [kept.filter(pl.col("source") == i)["row"].to_numpy().astype(np.int64) for i in range(len(sources))]

@@ -11,10 +11,9 @@ Only the pure-Python parts (transforms, model metadata) are used by unprompt.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-import torch
-
-_LIBRARY: torch.library.Library | None = None  # kept alive: dropping it unregisters the ops
+_LIBRARY: Any = None  # a torch.library.Library, kept alive: dropping it unregisters the ops
 
 
 def ensure_torchvision_importable() -> None:
@@ -26,6 +25,8 @@ def ensure_torchvision_importable() -> None:
     except RuntimeError as exc:
         if "torchvision::" not in str(exc):
             raise
+        import torch
+
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
         _LIBRARY = torch.library.Library("torchvision", "DEF")

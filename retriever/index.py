@@ -142,9 +142,7 @@ class TextIndex:
             meta = pl.read_parquet(directory / record.files["meta"].path)
         except Exception as exc:  # polars raises several types for bad files
             raise IndexIntegrityError(f"index {directory}: metadata parquet is unreadable ({exc})") from None
-        vectors = None
-        if "vectors" in record.files:
-            vectors = np.load(directory / record.files["vectors"].path, mmap_mode="r" if mmap else None)
+        vectors = _load_array(directory, record, "vectors", mmap) if "vectors" in record.files else None
         problems = []
         if index.ntotal != record.count:
             problems.append(f"FAISS holds {index.ntotal} vectors")
@@ -231,8 +229,15 @@ class TextIndex:
             return None
         cache = self._caches.get(role)
         if cache is None:
-            cache = self._caches[role] = np.load(self.directory / self.record.files[role].path, mmap_mode="r")
+            cache = self._caches[role] = _load_array(self.directory, self.record, role, mmap=True)
         return lambda rows: np.asarray(cache[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+
+def _load_array(directory: Path, record: BuildRecord, role: str, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(directory / record.files[role].path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:  # a damaged .npy header, caught even with checksums off
+        raise IndexIntegrityError(f"index {directory}: {role} file is unreadable ({str(exc)[:200]}); rebuild the index") from None
 
 
 def _search_params(index, selector):

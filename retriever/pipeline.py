@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from retriever.encoders import create_space
-from retriever.encoders.base import Space, l2_normalize
+from retriever.encoders.base import Space
 from retriever.encoders.minilm import sentence_encoder
 from retriever.errors import IndexIntegrityError, ProfileError
 from retriever.index import TextIndex
@@ -19,7 +19,8 @@ from retriever.paths import index_dir, resolve_home_path
 from retriever.profile import BridgeSpaceSpec, Profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
 from retriever.stages.blend import blend
-from retriever.stages.candidates import Candidate, Candidates, SUBJECT_KINDS
+from retriever.stages.candidates import Candidate, Candidates, best_of_all, best_subject
+from retriever.stages.prior import Prior
 from retriever.stages.regress import BridgeRegressor, HeadRegressor, Regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
 from retriever.stages.retrieve import Retriever
@@ -88,24 +89,7 @@ class Interrogator:
         self.assembler = Assembler(profile.assemble)
         self.regressor = regressor
         self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
-        self.rerank_prior, self.metric_prior, self.style_pool = self._priors()
-
-    def _priors(self) -> tuple[np.ndarray | None, np.ndarray | None, list[Candidate]]:
-        """Mean rerank-space and metric-space embeddings of the prior texts (None when switched off), and
-        the first of them as style components for the greedy chain (only when the prior steers assembly)."""
-        cfg = self.profile.prior
-        if not (cfg.assemble_weight or cfg.blend_weight):
-            return None, None, []
-        cands = []
-        for name, index in self.indexes.items():
-            if cfg.kind in index.record.kinds:
-                start, end = index.record.kinds[cfg.kind]
-                cands += [Candidate(index.text(r), cfg.kind, "", name, r, 0.0) for r in range(start, min(end, start + cfg.top))]
-        if not cands:
-            raise ProfileError(f"profile {self.profile.name}: prior.kind {cfg.kind!r} is in none of its indexes")
-        rerank = l2_normalize(self.text_embeddings.for_candidates(cands).mean(axis=0))
-        metric = l2_normalize(self._metric_embed([c.text for c in cands]).mean(axis=0))
-        return rerank, metric, cands[: cfg.style_candidates] if cfg.assemble_weight else []
+        self.prior = Prior.build(profile.prior, indexes, self.text_embeddings, self._metric_embed, profile.name)
 
     @classmethod
     def from_profile(cls, profile: Profile, checksums: bool = True) -> "Interrogator":
@@ -146,12 +130,10 @@ class Interrogator:
         with timer.stage("rerank"):
             reranked = [self.reranker.rerank(v, c) for v, c in zip(rerank_vectors, retrieved)]
             # a floor that empties everything must not leave the image without a prompt
-            reranked = [r if r else _best_of(c) for r, c in zip(reranked, retrieved)]
+            reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
         with timer.stage("assemble"):
-            targets = rerank_vectors
-            if self.rerank_prior is not None and self.profile.prior.assemble_weight:
-                targets = l2_normalize(rerank_vectors + self.profile.prior.assemble_weight * self.rerank_prior)
-            assembled = [self.assembler.assemble(v, c, self.text_embeddings.for_texts, self.style_pool)
+            targets = self.prior.assembly_targets(rerank_vectors)
+            assembled = [self.assembler.assemble(v, c, self.text_embeddings.for_texts, self.prior.style)
                          for v, c in zip(targets, reranked)]
         with timer.stage("regress"):
             regressed = self.regressor.predict(retrieval_vectors) if self.regressor else None
@@ -178,19 +160,19 @@ class Interrogator:
             if reg is not None:
                 stages["regressor"] = reg
             final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
-                          self.metric_prior, self.profile.prior.blend_weight)
+                          self.prior.metric, self.profile.prior.blend_weight)
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
             results.append(Interrogation(a.text, tops[i].text, final, stages, cands, a.tried))
         return results
 
 
-def _best_of(candidates: Candidates) -> Candidates:
-    best = max((c for cs in candidates.values() for c in cs), key=lambda c: c.score, default=None)
+def _only_best(candidates: Candidates) -> Candidates:
+    best = best_of_all(candidates)
     return {best.kind: [best]} if best else {}
 
 
 def _top_subject(candidates: Candidates) -> Candidate:
     """The retrieval-only answer: the best caption or subject (or, failing those, the best candidate)."""
-    subjects = [c for k in SUBJECT_KINDS for c in candidates.get(k, [])]
-    pool = subjects or [c for cs in candidates.values() for c in cs]
-    return max(pool, key=lambda c: c.score)
+    top = best_subject(candidates) or best_of_all(candidates)
+    assert top is not None  # reranking never leaves an image without candidates
+    return top

@@ -12,17 +12,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from retriever.encoders.minilm import METRIC_MODEL
 from retriever.errors import ProfileError
+from retriever.strict import Strict as _Strict, format_validation_error
 
 DEFAULT_PROFILE = "lite"
 PROFILE_ENV = "UNPROMPT_PROFILE"
-METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ClipSpaceSpec(_Strict):
@@ -154,14 +151,6 @@ def _profile_path(name_or_path: str) -> Path:
     return Path(str(builtin))
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def load_profile(name_or_path: str | None = None) -> Profile:
     """Load a profile by built-in name or file path; defaults to $UNPROMPT_PROFILE, then 'lite'."""
     chosen = name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
@@ -177,4 +166,4 @@ def load_profile(name_or_path: str | None = None) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"profile {path} is invalid:\n{_format_validation_error(exc)}") from None
+        raise ProfileError(f"profile {path} is invalid:\n{format_validation_error(exc)}") from None

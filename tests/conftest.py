@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-import retriever  # noqa: F401  (torchvision import fix first)
+from retriever._compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # before open_clip is imported by any test
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "data_manifests" / "examples" / "images"
+LITE_INDEX = "components-lite"
 
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
@@ -19,22 +25,69 @@ TINY_CLIP_CONFIG = {
 }
 
 
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links where the file system allows (free, and index files are only ever replaced, never edited)."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link, ignore=shutil.ignore_patterns(".shards", ".lock"))
+
+
 @pytest.fixture(scope="session")
-def lite_profile():
-    """The lite profile with its component index built (`unprompt setup` builds it before the tests)."""
+def session_home(tmp_path_factory) -> Path:
+    """A private $UNPROMPT_HOME holding the lite index. It is linked from the one `unprompt setup` built
+    (the README's test command runs setup first) when that one is current, else built here once."""
+    from retriever.paths import home
+
+    source = home() / "indexes" / LITE_INDEX
+    root = tmp_path_factory.mktemp("unprompt-home")
+    if (source / "build.json").is_file():
+        _link_tree(source, root / "indexes" / LITE_INDEX)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def private_home(session_home, tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own $UNPROMPT_HOME; the session's lite index is linked in, read-only by habit."""
+    from retriever.paths import HOME_ENV
+
+    own = tmp_path_factory.mktemp("home")
+    (own / "indexes").mkdir()
+    (own / "indexes" / LITE_INDEX).symlink_to(session_home / "indexes" / LITE_INDEX, target_is_directory=True)
+    monkeypatch.setenv(HOME_ENV, str(own))
+    return own
+
+
+@pytest.fixture()
+def home(private_home) -> Path:
+    return private_home
+
+
+@pytest.fixture(scope="session")
+def lite_profile(session_home):
+    """The lite profile with its component index current in the session home (built there if it is not)."""
     from index_build.setup import ensure_indexes
+    from retriever.paths import HOME_ENV
     from retriever.profile import load_profile
 
     profile = load_profile("lite")
-    ensure_indexes(profile)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(session_home))
+        ensure_indexes(profile)
     return profile
 
 
 @pytest.fixture(scope="session")
-def lite_interrogator(lite_profile):
+def lite_interrogator(lite_profile, session_home):
+    from retriever.paths import HOME_ENV
     from retriever.pipeline import Interrogator
 
-    return Interrogator.from_profile(lite_profile)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(session_home))
+        return Interrogator.from_profile(lite_profile)
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +110,26 @@ def tiny_clip(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch) -> Path:
-    """A private $UNPROMPT_HOME for tests that write indexes or heads."""
-    monkeypatch.setenv("UNPROMPT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+def run_cli(*args: str, env: dict | None = None) -> SimpleNamespace:
+    """`unprompt ARGS` in this process (models stay loaded between calls): returncode, stdout, stderr."""
+    from api.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def run_cli(*args: str, env: dict | None = None):
+def run_cli_process(*args: str, env: dict | None = None):
+    """The installed `unprompt` in a subprocess, where a real process is the point (signals, exit codes)."""
     import subprocess
     import sys
 
     exe = shutil.which("unprompt", path=str(Path(sys.executable).parent)) or "unprompt"
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([exe, *args], capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)

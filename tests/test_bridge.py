@@ -77,9 +77,9 @@ def test_real_bridge_points_a_cat_photo_at_cats(lite_interrogator):
 
 
 def test_lite_prior_comes_from_the_most_used_flavours(lite_interrogator):
-    prior = lite_interrogator.metric_prior
+    prior = lite_interrogator.prior.metric
     assert prior is not None and np.isclose(np.linalg.norm(prior), 1.0, atol=1e-5)
-    pool = [c.text for c in lite_interrogator.style_pool]
+    pool = [c.text for c in lite_interrogator.prior.style]
     assert pool[:3] == ["highly detailed", "sharp focus", "intricate"]  # the top of clip-interrogator's flavours
     style = lite_interrogator.metric.encode_text(["highly detailed digital painting, trending on artstation"])[0]
     plain = lite_interrogator.metric.encode_text(["a dog"])[0]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retriever.images import ImageRejected, decode_image
+from retriever.images import ImageLimits, ImageRejected, admit_image
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -14,14 +14,14 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_rgb_roundtrip():
-    out = decode_image(encode(Image.new("RGB", (20, 10), (10, 200, 30)), "PNG"))
+    out = admit_image(encode(Image.new("RGB", (20, 10), (10, 200, 30)), "PNG"))
     assert out.mode == "RGB" and out.size == (20, 10) and out.getpixel((0, 0)) == (10, 200, 30)
 
 
 @pytest.mark.parametrize("data, reason", [(b"", "empty"), (b"hello world, not a picture", "not_image")])
 def test_refused(data, reason):
     with pytest.raises(ImageRejected) as err:
-        decode_image(data)
+        admit_image(data)
     assert err.value.reason == reason
 
 
@@ -29,32 +29,32 @@ def test_truncated():
     rng = np.random.default_rng(0)
     data = encode(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), "PNG")
     with pytest.raises(ImageRejected) as err:
-        decode_image(data[: len(data) // 2])
+        admit_image(data[: len(data) // 2])
     assert err.value.reason == "corrupt"
 
 
 def test_pixel_limit():
     data = encode(Image.new("L", (2000, 2000)), "PNG")
     with pytest.raises(ImageRejected) as err:
-        decode_image(data, max_pixels=1_000_000)
+        admit_image(data, ImageLimits(max_pixels=1_000_000))
     assert err.value.reason == "too_many_pixels" and "4000000" in str(err.value)
 
 
 def test_cmyk_is_converted():
-    out = decode_image(encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG"))
+    out = admit_image(encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG"))
     r, g, b = out.getpixel((4, 4))
     assert out.mode == "RGB" and r > 200 and g < 60 and b < 60
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
     arr = np.full((8, 8), 32768, dtype=np.uint16)
-    out = decode_image(encode(Image.fromarray(arr), "PNG"))
+    out = admit_image(encode(Image.fromarray(arr), "PNG"))
     assert out.mode == "RGB" and 120 <= out.getpixel((0, 0))[0] <= 135
 
 
 def test_alpha_is_composited_on_white():
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    out = decode_image(encode(img, "PNG"))
+    out = admit_image(encode(img, "PNG"))
     assert out.getpixel((0, 0)) == (255, 255, 255)
 
 
@@ -62,6 +62,6 @@ def test_animated_gives_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    out = decode_image(buf.getvalue())
+    out = admit_image(buf.getvalue())
     r, g, b = out.getpixel((0, 0))
     assert r > 200 and b < 50

@@ -106,13 +106,14 @@ def test_text_only_head_then_full_predict(kaggle_tiny, tmp_path, home):
 
 
 def test_rerank_cache_means_known_texts_are_not_embedded(kaggle_tiny, tmp_path, home):
-    from index_build.train_head import TrainConfig, train_head
+    from retriever.heads.config import TrainConfig
+    from retriever.heads.train import train_head
     from retriever.encoders import create_space
     from retriever.encoders.minilm import sentence_encoder
     from retriever.images import load_image
     from retriever.pipeline import Interrogator
     from retriever.profile import load_profile
-    from retriever.stages.regress import save_head
+    from retriever.heads.model import save_head
 
     profile = load_profile(str(kaggle_tiny))
     space = create_space(profile.retrieve.space)
@@ -130,7 +131,7 @@ def test_rerank_cache_means_known_texts_are_not_embedded(kaggle_tiny, tmp_path, 
 
 
 def test_mismatched_head_is_refused(kaggle_tiny, tmp_path, home):
-    from retriever.stages.regress import make_head, save_head
+    from retriever.heads.model import make_head, save_head
 
     save_head(home / "heads" / "kaggle-bigG.pt", make_head(64, 384),
               {"feature_model_id": "open_clip:ViT-bigG-14:laion2b_s39b_b160k", "in_dim": 64,

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from index_build.train_head import TrainConfig, train_head
+from retriever.heads.config import TrainConfig
+from retriever.heads.train import train_head
 from retriever.errors import HeadMismatchError, MissingWeightsError
-from retriever.stages.regress import HeadRegressor, load_head_file, save_head
+from retriever.heads.model import load_head_file, save_head
+from retriever.stages.regress import HeadRegressor
 
 
 def planted(n=3000, d_in=32, d_out=384, seed=0):

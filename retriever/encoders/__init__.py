@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
+from retriever._compat import ensure_torchvision_importable
 from retriever.encoders.base import ImageEncoder, Space, TextEncoder, l2_normalize
-from retriever.profile import BridgeSpaceSpec, ClipSpaceSpec
+
+if TYPE_CHECKING:
+    from retriever.profile import BridgeSpaceSpec, ClipSpaceSpec
 
 __all__ = ["ImageEncoder", "Space", "TextEncoder", "create_space", "l2_normalize", "text_tower"]
 
@@ -13,6 +17,9 @@ __all__ = ["ImageEncoder", "Space", "TextEncoder", "create_space", "l2_normalize
 @lru_cache(maxsize=8)
 def create_space(spec: ClipSpaceSpec | BridgeSpaceSpec) -> Space:
     """Build (once per process and spec) the joint image-text space a profile names."""
+    from retriever.profile import ClipSpaceSpec
+
+    ensure_torchvision_importable()
     if isinstance(spec, ClipSpaceSpec):
         from retriever.encoders.clip import ClipSpace
 

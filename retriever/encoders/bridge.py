@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from retriever.encoders.base import TextEncoder, l2_normalize
+from retriever.files import atomic_write
 from retriever.imagenet import imagenet_classes
 from retriever.paths import home
 
@@ -27,15 +28,17 @@ def class_embeddings(text: TextEncoder, phrases: Sequence[str]) -> np.ndarray:
     """Embeddings of the class phrases, cached on disk under $UNPROMPT_HOME/cache."""
     key = hashlib.sha256((text.model_id + "\n" + "\n".join(phrases)).encode()).hexdigest()[:16]
     path = home() / "cache" / f"class-embeddings-{key}.npy"
-    if path.is_file():
+    try:
         cached = np.load(path)
         if cached.shape == (len(phrases), text.dim):
             return cached
+    except (OSError, ValueError):  # not cached yet, or damaged: compute again
+        pass
     emb = text.encode_text(list(phrases))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)
+    with atomic_write(path, fsync=False) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, emb)
     return emb
 
 

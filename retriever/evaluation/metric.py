@@ -10,6 +10,8 @@ import numpy as np
 from retriever.encoders.base import l2_normalize
 
 EMBED_DIM = 384
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_SEED = 0
 
 
 def metric_embed(prompts: Sequence[str]) -> np.ndarray:
@@ -37,7 +39,7 @@ class Score:
         return f"{self.mean:.6f} (n={self.n}, 95% CI {self.ci_low:.4f} to {self.ci_high:.4f})"
 
 
-def summarise(cosines: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> Score:
+def summarise(cosines: np.ndarray, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_SEED) -> Score:
     """Mean with a percentile bootstrap 95% confidence interval over images."""
     c = np.asarray(cosines, dtype=np.float64)
     if len(c) == 0:

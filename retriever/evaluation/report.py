@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from retriever.evaluation.run import EvalResult
+from retriever.files import atomic_write, write_bytes_atomic
 
 
 def _thumb(path: str, size: int = 160) -> str:
@@ -76,13 +77,15 @@ def write_report(result: EvalResult, out: str | Path, examples: int = 3) -> Path
         "per_image": [{"image": r.image, "truth": r.truth, "prompt": r.prompt,
                        "retrieval_prompt": r.retrieval_prompt, "scores": r.scores} for r in result.rows],
     }
-    (out / "report.json").write_text(json.dumps(numbers, indent=2))
+    write_bytes_atomic(out / "report.json", json.dumps(numbers, indent=2).encode())
     stage_names = sorted({k for r in result.rows for k in r.scores})
-    pl.DataFrame({
+    per_image = pl.DataFrame({
         "image": [r.image for r in result.rows], "truth": [r.truth for r in result.rows],
         "prompt": [r.prompt for r in result.rows], "retrieval_prompt": [r.retrieval_prompt for r in result.rows],
         **{f"score_{k}": [r.scores.get(k) for r in result.rows] for k in stage_names},
-    }).write_csv(out / "per_image.csv")
+    })
+    with atomic_write(out / "per_image.csv") as tmp:
+        per_image.write_csv(tmp)
 
     bars = [(k, v.mean, v.ci_low, v.ci_high) for k, v in result.stages.items()]
     bars += [(f"baseline: {k}", v.mean, v.ci_low, v.ci_high) for k, v in result.baselines.items()]
@@ -112,5 +115,5 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 <h2>Worst examples</h2><table>{head}{example_rows(ranked[::-1][:examples])}</table>
 </body></html>
 """
-    (out / "report.html").write_text(page, encoding="utf-8")
+    write_bytes_atomic(out / "report.html", page.encode("utf-8"))
     return out

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from retriever.errors import UnpromptError
 from retriever.evaluation.metric import Score, metric_embed, row_cosines, summarise
-from retriever.evaluation.tables import ScoreInputError, align, read_predictions, read_table, read_truth, write_long
+from retriever.evaluation.tables import ScoreInputError, align, read_pairs, read_predictions, read_truth, write_long
+from retriever.files import check_output_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DEFAULT_CONSTANT_PROMPT = "a highly detailed digital painting of a beautiful landscape, trending on artstation, 8k"
@@ -58,24 +59,27 @@ def seed_everything(seed: int) -> None:
 
 
 def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool = True) -> int:
-    """Interrogate every image of a folder and write Kaggle's long submission; refuses if any image is bad."""
+    """Interrogate every image of a folder and write Kaggle's long submission; refuses if any image is bad.
+
+    The output is checked before any image is processed, and written atomically."""
     from retriever.images import load_image
 
+    out = check_output_file(out, "--out")
     paths = list_images(images_dir)
-    ids, vectors, bad = [], [], []
+    ids = [p.stem for p in paths]
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dupes:
+        raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
+    vectors, bad = [], []
     for path in tqdm(paths, desc="submit", unit="img", disable=not progress):
         try:
             image = load_image(path)
         except UnpromptError as exc:
             bad.append(str(exc))
             continue
-        ids.append(path.stem)
         vectors.append(interrogator.interrogate([image])[0].embedding)
     if bad:
         raise ScoreInputError("no submission written; these images could not be read:\n  " + "\n  ".join(bad))
-    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
-    if dupes:
-        raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
     write_long(out, ids, np.stack(vectors))
     return len(ids)
 
@@ -99,27 +103,17 @@ class EvalResult:
     settings: dict
 
 
-def read_pairs(manifest: str | Path, image_column: str = "image", prompt_column: str = "prompt") -> tuple[list[Path], list[str]]:
-    frame = read_table(manifest)
-    missing = {image_column, prompt_column} - set(frame.columns)
-    if missing:
-        raise ScoreInputError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
-    base = Path(manifest).parent
-    paths = [Path(p) if Path(p).is_absolute() else base / p for p in frame[image_column].to_list()]
-    return paths, [str(p) for p in frame[prompt_column].to_list()]
-
-
-def evaluate(interrogator, manifest: str | Path, train_prompts: list[str] | None = None,
+def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = None,
              constant_prompt: str = DEFAULT_CONSTANT_PROMPT, bootstrap: int = 1000, seed: int = 0,
              progress: bool = True) -> EvalResult:
     """Score every stage on its own, the final blend, and two baselines, per image."""
     from retriever.images import load_image
 
     seed_everything(seed)
-    paths, truths = read_pairs(manifest)
+    paths, truths = read_pairs(table)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ScoreInputError(f"{manifest}: image files not found: {', '.join(missing[:10])}")
+        raise ScoreInputError(f"{table}: image files not found: {', '.join(missing[:10])}")
     truth_emb = metric_embed(truths)
     rows: list[EvalRow] = []
     per_stage: dict[str, list[float]] = {}
@@ -156,6 +150,6 @@ def evaluate(interrogator, manifest: str | Path, train_prompts: list[str] | None
         stages={k: summarise(np.array(v), bootstrap, seed) for k, v in per_stage.items()},
         baselines={"constant": summarise(const, bootstrap, seed), "mean": summarise(mean_cos, bootstrap, seed)},
         timings_ms={k: float(np.median(v)) for k, v in timings.items()},
-        settings={"manifest": str(manifest), "seed": seed, "bootstrap": bootstrap, "constant_prompt": constant_prompt,
+        settings={"table": str(table), "seed": seed, "bootstrap": bootstrap, "constant_prompt": constant_prompt,
                   "mean_baseline": mean_note, "blend": interrogator.profile.blend.model_dump()},
     )

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from retriever.errors import UnpromptError
+from retriever.files import atomic_write
 from retriever.evaluation.metric import EMBED_DIM
 
 
@@ -34,7 +35,7 @@ def read_table(path: str | Path) -> pl.DataFrame:
         if suffix in (".jsonl", ".ndjson"):
             return pl.read_ndjson(path)
         return pl.read_csv(path, infer_schema=False)
-    except pl.exceptions.PolarsError as exc:
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ScoreInputError(f"{path}: cannot read as a table ({str(exc).splitlines()[0]})") from None
 
 
@@ -42,6 +43,11 @@ def _require(frame: pl.DataFrame, columns: list[str], path) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ScoreInputError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}")
+
+
+def _not_empty(frame: pl.DataFrame, path) -> None:
+    if frame.height == 0:
+        raise ScoreInputError(f"{path}: no rows (only a header?); nothing to score")
 
 
 def _no_duplicates(ids: list[str], what: str) -> None:
@@ -61,6 +67,7 @@ class Truth:
 def read_truth(path: str | Path) -> Truth:
     frame = read_table(path)
     _require(frame, ["imgId", "prompt"], path)
+    _not_empty(frame, path)
     ids = [str(i) for i in frame["imgId"].to_list()]
     prompts = frame["prompt"].to_list()
     nulls = [i for i, p in zip(ids, prompts) if p is None]
@@ -81,8 +88,10 @@ def read_predictions(path: str | Path) -> Predictions:
     frame = read_table(path)
     if "imgId_eId" in frame.columns:
         _require(frame, ["imgId_eId", "val"], path)
-        return _long(frame, path)
+        _not_empty(frame, path)
+        return _long(frame.with_columns(pl.col("imgId_eId").cast(pl.String)), path)
     _require(frame, ["imgId", "prompt"], path)
+    _not_empty(frame, path)
     ids = [str(i) for i in frame["imgId"].to_list()]
     _no_duplicates(ids, f"predictions {path}")
     prompts = frame["prompt"].to_list()
@@ -138,6 +147,35 @@ def write_long(path: str | Path, ids: list[str], vectors: np.ndarray) -> None:
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     keys = [f"{ids[i]}_{e}" for i in order for e in range(EMBED_DIM)]
     vals = np.asarray(vectors, dtype=np.float32)[order].reshape(-1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pl.DataFrame({"imgId_eId": keys, "val": vals}).write_csv(tmp, float_precision=7)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        pl.DataFrame({"imgId_eId": keys, "val": vals}).write_csv(tmp, float_precision=7)
+
+
+def read_pairs(table: str | Path, image_column: str = "image", prompt_column: str = "prompt") -> tuple[list[Path], list[str]]:
+    """(image path, prompt) pairs from a table; relative image paths are relative to the table's folder."""
+    frame = read_table(table)
+    _require(frame, [image_column, prompt_column], table)
+    _not_empty(frame, table)
+    base = Path(table).parent
+    paths = [Path(str(p)) for p in frame[image_column].to_list()]
+    return [p if p.is_absolute() else base / p for p in paths], [str(p) for p in frame[prompt_column].to_list()]
+
+
+def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
+    """Prompts from a text file (one a line) or a table's column."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise ScoreInputError(f"{path}: no such file")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ScoreInputError(f"{path}: not a UTF-8 text file") from None
+        prompts = [line.strip() for line in lines if line.strip()]
+    else:
+        table = read_table(path)
+        _require(table, [column], path)
+        prompts = [str(p) for p in table[column].drop_nulls().to_list()]
+    if not prompts:
+        raise ScoreInputError(f"{path}: no prompts")
+    return prompts

@@ -16,14 +16,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from retriever._compat import ensure_torchvision_importable
 from retriever.profile import AssembleConfig
-from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates
+from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates, best_of_all, best_subject
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
 @lru_cache(maxsize=1)
 def _clip_bpe():
+    ensure_torchvision_importable()
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer()
@@ -50,14 +52,13 @@ class AssembledPrompt:
     score: float
     embedding: np.ndarray  # in the scoring space
     tried: list[ScoredPrompt] = field(default_factory=list)
-    components: list[Candidate] = field(default_factory=list)
 
 
 def slot_fill(candidates: Candidates) -> dict[str, Candidate]:
     fill: dict[str, Candidate] = {}
-    subjects = [c for k in SUBJECT_KINDS for c in candidates.get(k, [])]
-    if subjects:
-        fill["subject"] = max(subjects, key=lambda c: c.score)
+    subject = best_subject(candidates)
+    if subject is not None:
+        fill["subject"] = subject
     for kind, cands in candidates.items():
         if kind not in SUBJECT_KINDS and cands:
             fill[kind] = cands[0]
@@ -90,7 +91,7 @@ class Assembler:
                 text = template.format(**{s: fill[s].text for s in slots})
                 options.append((text if self.fits(text) else self._truncate(text), [fill[s] for s in slots]))
         if not options:  # no template can be filled: fall back to the single best candidate of any kind
-            best = max((c for cands in candidates.values() for c in cands), key=lambda c: c.score, default=None)
+            best = best_of_all(candidates)
             if best is None:
                 raise ValueError("no candidates to assemble a prompt from")
             options = [(self._truncate(best.text), [best])]
@@ -107,7 +108,6 @@ class Assembler:
             key=lambda c: -c.score,
         )[: cfg.chain_candidates]
         pool += [c for c in style if c.text not in used_texts and all(c.text != p.text for p in pool)]
-        components = list(used)
         for _ in range(cfg.max_chain):
             extensions = [(f"{text}, {c.text}", c) for c in pool]
             extensions = [(t, c) for t, c in extensions if self.fits(t)]
@@ -120,7 +120,6 @@ class Assembler:
             if scores[j] <= score + cfg.min_gain:
                 break
             text, score, embedding = extensions[j][0], float(scores[j]), vectors[j]
-            components.append(extensions[j][1])
             pool.remove(extensions[j][1])
         tried.sort(key=lambda p: -p.score)
-        return AssembledPrompt(text, score, np.asarray(embedding, dtype=np.float32), tried, components)
+        return AssembledPrompt(text, score, np.asarray(embedding, dtype=np.float32), tried)

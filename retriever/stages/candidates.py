@@ -36,3 +36,13 @@ class Candidate:
 
 
 Candidates = dict[str, list[Candidate]]  # kind -> candidates, best first
+
+
+def best_subject(candidates: Candidates) -> Candidate | None:
+    """The best caption or subject: the retrieval-only answer and the {subject} of the templates."""
+    subjects = [c for k in SUBJECT_KINDS for c in candidates.get(k, [])]
+    return max(subjects, key=lambda c: c.score) if subjects else None
+
+
+def best_of_all(candidates: Candidates) -> Candidate | None:
+    return max((c for cs in candidates.values() for c in cs), key=lambda c: c.score, default=None)

@@ -27,19 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retriever.encoders.base import l2_normalize
-from retriever.stages.regress import make_head
-
-
-@dataclass
-class TrainConfig:
-    hidden: int = 0
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1
-    patience: int = 10
-    seed: int = 0
+from retriever.heads.config import TrainConfig
+from retriever.files import atomic_write
+from retriever.heads.model import make_head, save_head
 
 
 @dataclass
@@ -101,39 +91,65 @@ def train_head(features: np.ndarray, targets: np.ndarray, config: TrainConfig | 
                        len(train_idx), n_val)
 
 
-def cached_image_features(space, paths: Sequence[str], batch_size: int = 32, progress: bool = True) -> np.ndarray:
+def cached_image_features(space, paths: Sequence[str | Path], batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """Image features in the retrieval space, computed once per (model, file content) and cached."""
-    from retriever.images import load_image
+    from retriever.images import admit_image, read_image_file
     from retriever.paths import home
 
     cache_dir = home() / "cache" / "features" / hashlib.sha256(space.model_id.encode()).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    keys = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:24] for p in paths]
+    blobs = [read_image_file(p) for p in paths]  # a missing or oversized file stops training before any work
+    keys = [hashlib.sha256(b).hexdigest()[:24] for b in blobs]
     out = np.zeros((len(paths), space.dim), dtype=np.float32)
-    todo = [i for i, k in enumerate(keys) if not (cache_dir / f"{k}.npy").is_file()]
-    pending = set(todo)
+    todo = []
     for i, k in enumerate(keys):
-        if i not in pending:
+        try:
             out[i] = np.load(cache_dir / f"{k}.npy")
+        except (OSError, ValueError):  # not cached yet, or a damaged cache file: compute again
+            todo.append(i)
     for start in tqdm(range(0, len(todo), batch_size), desc="image features", disable=not progress or not todo):
         chunk = todo[start : start + batch_size]
-        vectors = space.encode_images([load_image(paths[i]) for i in chunk])
+        vectors = space.encode_images([admit_image(blobs[i], name=str(paths[i])) for i in chunk])
         for i, v in zip(chunk, vectors):
             out[i] = v
-            np.save(cache_dir / f"{keys[i]}.npy", v)
+            with atomic_write(cache_dir / f"{keys[i]}.npy", fsync=False) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, v)
     return out
 
 
-def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
-    """Prompts from a text file (one a line) or a table's column."""
-    from retriever.evaluation.tables import ScoreInputError, read_table
+def train_regressor(profile, config: TrainConfig, out: str | Path | None = None, pairs: str | Path | None = None,
+                    prompts: str | Path | None = None, image_column: str = "image",
+                    prompt_column: str = "prompt") -> tuple[Path, dict]:
+    """Train the profile's head from (image, prompt) pairs or from prompts alone, save it, return (path, meta)."""
+    from retriever.encoders import create_space
+    from retriever.encoders.minilm import sentence_encoder
+    from retriever.errors import UnpromptError
+    from retriever.evaluation.tables import read_pairs, read_prompts
+    from retriever.files import check_output_file
+    from retriever.paths import resolve_home_path
 
-    path = Path(path)
-    if path.suffix.lower() == ".txt":
-        if not path.is_file():
-            raise ScoreInputError(f"{path}: no such file")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    table = read_table(path)
-    if column not in table.columns:
-        raise ScoreInputError(f"{path}: no column {column!r}; found {', '.join(table.columns)}")
-    return [str(p) for p in table[column].drop_nulls().to_list()]
+    path = Path(out) if out else resolve_home_path(profile.regress.head or f"heads/{profile.name}.pt")
+    if out:
+        check_output_file(path, "--out")
+    if prompts and profile.retrieve.space.kind != "open_clip":
+        raise UnpromptError("--prompts (text-only initialisation) needs a CLIP retrieval space")
+    texts = read_prompts(prompts, prompt_column) if prompts else None
+    image_paths, pair_texts = read_pairs(pairs, image_column, prompt_column) if pairs else ([], [])
+    space = create_space(profile.retrieve.space)
+    metric = sentence_encoder(profile.metric_model)
+    if pairs:
+        texts, features, mode = pair_texts, cached_image_features(space, image_paths), "pairs"
+    else:
+        features, mode = space.encode_text(texts), "prompts"
+    targets = metric.encode_text(texts)
+    result = train_head(features, targets, config, progress=True)
+    meta = {
+        "feature_model_id": space.model_id, "in_dim": int(features.shape[1]),
+        "target_model_id": metric.model_id, "out_dim": int(targets.shape[1]), "hidden": config.hidden,
+        "mode": mode, "profile": profile.name,
+        "metrics": {"train_cosine": result.train_cosine, "val_cosine": result.val_cosine,
+                    "epochs": result.epochs, "n_train": result.n_train, "n_val": result.n_val},
+    }
+    save_head(path, result.head, meta)
+    return path, meta

@@ -1,0 +1,68 @@
+"""The `unprompt` command line: one module per command group, each registering its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from api.cli import indexes, predict, scoring, serve, train  # noqa: E402
+from api.cli.common import Formatter, err  # noqa: E402
+from retriever.errors import UnpromptError  # noqa: E402
+from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
+
+EPILOG = """\
+examples:
+  unprompt setup                              build the lite component index (once)
+  unprompt predict photo.jpg                  print a prompt for an image
+  unprompt predict a.png b.png --json         JSON lines: prompt, embedding, candidates, timings
+  unprompt build-index data_manifests/components.toml --out ./my-index
+  unprompt eval data_manifests/examples/eval.csv   per-stage scores and an HTML report
+  unprompt score --truth truth.csv --predictions submission.csv
+  unprompt serve --port 8000                  HTTP API, web page at /, docs at /docs
+
+Profiles: {profiles} (default {default}; set --profile or ${env}).
+Indexes and caches live in $UNPROMPT_HOME (default ~/.cache/unprompt).
+"""
+GROUPS = (predict, indexes, train, scoring, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unprompt",
+        description="Recover the prompt that made an image (Stable Diffusion), by retrieval over "
+                    "captions and prompt components.",
+        epilog=EPILOG.format(profiles=", ".join(builtin_profiles()), default=DEFAULT_PROFILE, env=PROFILE_ENV),
+        formatter_class=Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UnpromptError as exc:
+        err(str(exc))
+        return 2
+    except OSError as exc:  # a full disk, a folder that vanished: the message, not a traceback
+        err(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        return 1
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`unprompt setup` and `unprompt build-index`: the offline side."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from api.cli.common import command, positive_float, positive_int
+from index_build.options import GiB, BuildOptions
+
+DEFAULTS = BuildOptions()
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    from index_build.setup import ensure_indexes
+    from retriever.profile import load_profile
+
+    for r in ensure_indexes(load_profile(args.profile), force=args.force):
+        state = f"built in {r.seconds:.1f} s" if r.built else "up to date"
+        print(f"index {r.name}: {r.count} texts, {state} ({r.path})")
+    return 0
+
+
+def run_build_index(args: argparse.Namespace) -> int:
+    from index_build.build import build_index
+    from index_build.manifest import load_manifest
+    from index_build.setup import rerank_towers
+    from retriever.encoders import create_space, text_tower
+    from retriever.files import check_output_dir
+    from retriever.profile import load_profile
+
+    out = check_output_dir(args.out, "--out")
+    profile = load_profile(args.profile)
+    manifest = load_manifest(args.manifest)
+    options = BuildOptions(shard_size=args.shard_size, memory_budget=int(args.memory_budget * GiB),
+                           exact_max=args.exact_max, factory=args.factory, reduce_to=args.pca, opq=args.opq,
+                           progress=not args.quiet)
+    encoder = text_tower(create_space(profile.retrieve.space))
+    if args.ray is not None:
+        from functools import partial
+
+        from index_build.ray_runner import RayRunner
+        from retriever.encoders import text_tower_for
+
+        options.runner = RayRunner(partial(text_tower_for, profile.retrieve.space), actors=args.ray_actors,
+                                   address=args.ray or None)
+    report = build_index(manifest, encoder, Path(out), options, rerank_encoders=rerank_towers(profile))
+    rec = report.record
+    print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
+    print("embedded: " + ", ".join(f"{k}={v}" for k, v in report.embedded.items()))
+    print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in report.timings_s.items()))
+    print(f"written to {report.out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = command(
+        sub, "setup", run_setup, "build the indexes a profile needs, if missing or stale",
+        "Build every index the profile names that has a manifest, when it is missing or its manifest or model "
+        "changed. Unchanged sources are not embedded again.",
+        ["unprompt setup", "UNPROMPT_HOME=/data/unprompt unprompt setup --profile lite"])
+    p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
+
+    p = command(
+        sub, "build-index", run_build_index, "build a FAISS index from a manifest",
+        "Read the manifest's sources (polars, lazily), normalise and deduplicate, embed with the profile's "
+        "retrieval text tower in resumable shards, choose and train a FAISS index from the count and memory "
+        "budget, and commit the index directory atomically.",
+        ["unprompt build-index data_manifests/components.toml --out ~/.cache/unprompt/indexes/components-lite",
+         "unprompt build-index my_captions.toml --profile kaggle --out /data/captions-bigG --memory-budget 64"])
+    p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")
+    p.add_argument("--out", required=True, help="index directory to write (shards are kept inside for resume)")
+    p.add_argument("--shard-size", type=positive_int, default=DEFAULTS.shard_size, help="texts per embedding shard")
+    p.add_argument("--memory-budget", type=positive_float, default=DEFAULTS.memory_budget / GiB,
+                   help="GiB the index may take in memory")
+    p.add_argument("--exact-max", type=positive_int, default=DEFAULTS.exact_max,
+                   help="largest count served by exact search")
+    p.add_argument("--factory", default=None, help="FAISS factory string, overriding the automatic choice")
+    p.add_argument("--pca", type=positive_int, default=None, help="reduce dimensions with PCA before IVF-PQ")
+    p.add_argument("--opq", action="store_true", help="rotate with OPQ before PQ")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="embed on Ray: a cluster address, or nothing for a local Ray instance")
+    p.add_argument("--ray-actors", type=positive_int, default=2, help="encoder actors (each loads the model once)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")

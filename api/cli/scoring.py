@@ -1,0 +1,100 @@
+"""`unprompt score`, `submit` and `eval`: offline scoring on Kaggle's metric."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from api.cli.common import command, positive_int
+from retriever.evaluation.metric import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from retriever.evaluation.run import score_files
+
+    result = score_files(args.truth, args.predictions, args.bootstrap, args.seed)
+    if args.json:
+        print(json.dumps({**result.score.as_dict(), "per_image": dict(zip(result.ids, map(float, result.cosines)))}))
+    else:
+        s = result.score
+        print(f"score {s.mean:.6f}  n={s.n}  95% CI [{s.ci_low:.6f}, {s.ci_high:.6f}]")
+    return 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from retriever.evaluation.run import list_images, submit
+    from retriever.files import check_output_file
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    check_output_file(args.out, "--out")  # before the models load, not after every image
+    list_images(args.images_dir)
+    n = submit(Interrogator.from_profile(load_profile(args.profile)), args.images_dir, args.out)
+    print(f"wrote {args.out}: {n} images x 384 rows")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from retriever.evaluation.report import write_report
+    from retriever.evaluation.run import DEFAULT_CONSTANT_PROMPT, evaluate
+    from retriever.evaluation.tables import read_pairs, read_prompts
+    from retriever.files import check_output_dir
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    profile = load_profile(args.profile)
+    out = check_output_dir(args.out or f"eval-{profile.name}", "--out")
+    read_pairs(args.table)  # a bad table is refused before the models load
+    train = read_prompts(args.train_prompts) if args.train_prompts else None
+    result = evaluate(Interrogator.from_profile(profile), args.table, train,
+                      args.constant_prompt or DEFAULT_CONSTANT_PROMPT, args.bootstrap, args.seed)
+    write_report(result, out)
+    print(f"{'stage':<22}{'mean':>9}  95% CI")
+    for name, s in [*result.stages.items(), *((f"baseline: {k}", v) for k, v in result.baselines.items())]:
+        print(f"{name:<22}{s.mean:>9.4f}  [{s.ci_low:.4f}, {s.ci_high:.4f}]")
+    print(f"report: {out / 'report.html'} (+ report.json, per_image.csv)")
+    return 0
+
+
+def _add_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples for the interval")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+
+
+def register(sub) -> None:
+    p = command(
+        sub, "score", run_score, "score predictions against ground truth on the Kaggle metric",
+        "Mean cosine between all-MiniLM-L6-v2 embeddings of predicted and true prompts, with a bootstrap 95% "
+        "confidence interval. Ground truth: CSV/parquet with imgId,prompt. Predictions: imgId,prompt, or Kaggle's "
+        "long format imgId_eId,val (384 rows per image). Mismatched or duplicate ids, wrong row counts and "
+        "non-finite values are refused, naming the ids.",
+        ["unprompt score --truth prompts.csv --predictions submission.csv",
+         "unprompt score --truth prompts.parquet --predictions guesses.csv --json"], profile=False)
+    p.add_argument("--truth", required=True, help="ground truth table: imgId,prompt")
+    p.add_argument("--predictions", required=True, help="imgId,prompt or imgId_eId,val")
+    _add_bootstrap(p)
+    p.add_argument("--json", action="store_true", help="print mean, n, interval and per-image cosines as JSON")
+
+    p = command(
+        sub, "submit", run_submit, "write a Kaggle submission for a folder of images",
+        "Run the profile over every image in a folder and write Kaggle's long format: imgId_eId,val with image ids "
+        "(file names without suffix) sorted, then _0 to _383. The output is checked before any work and written "
+        "atomically; if any image cannot be read, nothing is written.",
+        ["unprompt submit images/ --out submission.csv",
+         "unprompt submit /kaggle/input/images --profile kaggle --out submission.csv"])
+    p.add_argument("images_dir", help="folder of images")
+    p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
+
+    p = command(
+        sub, "eval", run_eval, "score every stage on (image, prompt) pairs and write a report",
+        "Run the pipeline over a table of (image, prompt) pairs. Scores the retrieval-only prompt, the assembled "
+        "prompt, the regressor, the final blend, a constant prompt and the mean training embedding; writes "
+        "report.json, per_image.csv and report.html (plots, best and worst examples).",
+        ["unprompt eval data_manifests/examples/eval.csv",
+         "unprompt eval pairs.parquet --profile kaggle --train-prompts train.csv --out reports/kaggle"])
+    p.add_argument("table", help="CSV/parquet with image (path, relative to the file) and prompt columns")
+    p.add_argument("--out", default=None, help="report folder (default eval-<profile>)")
+    p.add_argument("--train-prompts", default=None,
+                   help="prompts for the mean-embedding baseline (default: leave-one-out over the table)")
+    p.add_argument("--constant-prompt", default=None, help="prompt for the constant baseline")
+    _add_bootstrap(p)

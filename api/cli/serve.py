@@ -1,0 +1,54 @@
+"""`unprompt serve`: the HTTP service under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from api.cli.common import command
+from retriever.errors import UnpromptError
+
+
+def settings_from(args: argparse.Namespace):
+    """Settings from UNPROMPT_* and the flags; a bad value is a clear error before anything loads."""
+    from pydantic import ValidationError
+
+    from api.settings import Settings
+
+    overrides = {k: v for k, v in {"profile": args.profile, "host": args.host, "port": args.port}.items() if v is not None}
+    if args.no_batching:
+        overrides["batching"] = False
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise UnpromptError(f"bad service settings: {problems}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    settings = settings_from(args)
+    # load before the server starts, so a missing index or weights is a clear error, not a failed start-up
+    interrogator = Interrogator.from_profile(load_profile(settings.profile), checksums=settings.verify_checksums)
+    uvicorn.run(create_app(settings, interrogator), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=int(max(1, round(settings.shutdown_timeout_s))))
+    return 0
+
+
+def register(sub) -> None:
+    p = command(
+        sub, "serve", run, "run the HTTP service",
+        "Serve POST /v1/interrogate (and /v1/interrogate/batch, /v1/info, /healthz, /readyz, /metrics, /docs and a "
+        "web page at /) with uvicorn. Models and indexes load once, at start-up. Other settings come from UNPROMPT_* "
+        "environment variables: UNPROMPT_API_KEY, UNPROMPT_MAX_UPLOAD_BYTES, UNPROMPT_MAX_PIXELS, UNPROMPT_MAX_ASPECT, "
+        "UNPROMPT_DECODE_WORKERS, UNPROMPT_CORS_ORIGINS, UNPROMPT_MAX_BATCH_SIZE, UNPROMPT_MAX_WAIT_MS, "
+        "UNPROMPT_SHUTDOWN_TIMEOUT_S.",
+        ["unprompt serve", "unprompt serve --host 0.0.0.0 --port 8080 --profile kaggle",
+         "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/interrogate"])
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--no-batching", action="store_true", help="run each request alone (no micro-batching)")

@@ -1,0 +1,48 @@
+"""`unprompt train-regressor`: a thin front to retriever.heads.train."""
+
+from __future__ import annotations
+
+import argparse
+
+from api.cli.common import command, positive_int
+from retriever.heads.config import TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+def run(args: argparse.Namespace) -> int:
+    from retriever.heads.train import train_regressor
+    from retriever.profile import load_profile
+
+    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, lr=args.lr, val_fraction=args.val_fraction,
+                         patience=args.patience, seed=args.seed)
+    path, meta = train_regressor(load_profile(args.profile), config, out=args.out, pairs=args.pairs,
+                                 prompts=args.prompts, image_column=args.image_column, prompt_column=args.prompt_column)
+    m = meta["metrics"]
+    print(f"head saved to {path}: {meta['mode']}, {m['n_train']} train / {m['n_val']} validation pairs, "
+          f"validation cosine {m['val_cosine']:.4f} after {m['epochs']} epochs")
+    return 0
+
+
+def register(sub) -> None:
+    p = command(
+        sub, "train-regressor", run, "train the head that maps image features to MiniLM space",
+        "Train a regressor head for the profile's retrieval space with a cosine loss, a validation split and early "
+        "stopping. --pairs trains on (image, prompt) pairs (image features cached); --prompts fits CLIP text "
+        "embeddings -> MiniLM from prompts alone, then serves on image embeddings. The head records its model ids "
+        "and dimensions and is refused if they do not fit.",
+        ["unprompt train-regressor --profile kaggle --pairs train.csv",
+         "unprompt train-regressor --profile kaggle --prompts diffusiondb_prompts.parquet --out head.pt"])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help="CSV/parquet/JSONL with image paths (relative to the file) and prompts")
+    src.add_argument("--prompts", help="text file (one prompt a line) or table with a prompt column")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--out", default=None, help="head file (default: the profile's regress.head under $UNPROMPT_HOME)")
+    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="hidden width of a 2-layer MLP head (0 = linear)")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
+    p.add_argument("--patience", type=positive_int, default=DEFAULTS.patience,
+                   help="epochs without validation gain before stopping")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)

@@ -1,0 +1,77 @@
+"""FastAPI dependencies: settings, readiness, the API key, and reading and admitting uploaded images."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fastapi import Depends, Header, Request
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from api.batcher import MicroBatcher
+from api.errors import Refused
+from api.settings import Settings
+from retriever.images import ImageLimits, ImageRejected, admit_image
+from retriever.pipeline import Interrogator
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+@dataclass
+class Service:
+    """What a request needs once the models are loaded."""
+
+    interrogator: Interrogator
+    batcher: MicroBatcher
+    decoder: ThreadPoolExecutor  # bounded: at most settings.decode_workers images decode at once
+    limits: ImageLimits
+
+
+def ready(request: Request) -> Service:
+    service = request.app.state.service
+    if service is None:
+        raise Refused("not_ready", "models are still loading")
+    return service
+
+
+def require_key(settings: Settings = Depends(get_settings), x_api_key: str | None = Header(None),
+                authorization: str | None = Header(None)) -> None:
+    if settings.api_key is None:
+        return
+    given = x_api_key or (authorization[7:] if authorization and authorization.lower().startswith("bearer ") else "")
+    if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise Refused("unauthorized", "missing or wrong API key (X-API-Key header or Authorization: Bearer)")
+
+
+async def read_uploads(request: Request, settings: Settings, many: bool) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each uploaded image: multipart parts, or (single endpoint) the raw body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=settings.max_batch_images + 1, max_fields=20,
+                                  max_part_size=settings.max_upload_bytes)
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise Refused("missing_file", "multipart request has no file part (use the field 'file')")
+        most = settings.max_batch_images if many else 1
+        if len(files) > most:
+            raise Refused("too_many_files", f"at most {most} file(s) per request")
+        return [(f.filename or "upload", await f.read()) for f in files]
+    if many:
+        raise Refused("content_type", "the batch endpoint takes multipart/form-data with one part per image")
+    if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        raise Refused("content_type", f"content type {ctype or '(none)'} is not an image; send image/* or multipart")
+    return [("body", await request.body())]
+
+
+async def admit(service: Service, name: str, data: bytes) -> Image.Image:
+    """Decode in the bounded pool; a refusal becomes the matching 4xx."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(service.decoder, admit_image, data, service.limits, name)
+    except ImageRejected as exc:
+        raise Refused(exc.reason, str(exc)) from None

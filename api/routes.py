@@ -1,0 +1,118 @@
+"""The HTTP endpoints. Readiness, the API key and settings come in through dependencies."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from api.deps import Service, admit, get_settings, read_uploads, ready, require_key
+from api.errors import ERROR_RESPONSES, Refused
+from api.schemas import BatchOut, ErrorOut, InterrogateOut
+from api.settings import Settings
+from retriever import __version__
+from retriever.images import ImageRejected
+from retriever.pipeline import Interrogation
+
+UPLOAD_DOC = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+}}}
+BATCH_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object",
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+EMBEDDING = Query(False, description="include the 384-d embedding")
+TOP = Query(10, ge=0, le=100, description="candidates to return")
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
+
+
+def _models(service: Service) -> dict[str, str]:
+    it = service.interrogator
+    return {"retrieval": it.retrieval_space.model_id, "rerank": it.rerank_space.model_id, "metric": it.metric.model_id}
+
+
+def _result_out(result: Interrogation, service: Service, embedding: bool, top: int) -> dict:
+    out = result.as_dict(embeddings=False, top=top)
+    out.pop("prompt_candidates", None)
+    if embedding:
+        out["embedding"] = [round(float(x), 7) for x in result.embedding]
+    out["profile"] = service.interrogator.profile.name
+    out["models"] = _models(service)
+    out["index_ids"] = {name: ix.record.build_id for name, ix in service.interrogator.indexes.items()}
+    return out
+
+
+async def _interrogate(service: Service, image) -> Interrogation:
+    """One image through the micro-batcher; an image the model cannot take alone is refused, not a 500."""
+    try:
+        return await service.batcher.submit(image)
+    except MemoryError:
+        raise Refused("too_large", "the image needs too much memory to process") from None
+    except ImageRejected as exc:
+        raise Refused(exc.reason, str(exc)) from None
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    return HTMLResponse((resources.files("api") / "static" / "index.html").read_text(encoding="utf-8"))
+
+
+@router.get("/healthz", summary="alive")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="models and index loaded", responses={503: {"model": ErrorOut}})
+async def readyz(service: Service = Depends(ready)) -> dict:
+    return {"status": "ready", "profile": service.interrogator.profile.name}
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@v1.get("/info", summary="profile, models and index build records")
+async def info(service: Service = Depends(ready), settings: Settings = Depends(get_settings)) -> dict:
+    it = service.interrogator
+    return {
+        "version": __version__,
+        "profile": it.profile.model_dump(),
+        "models": _models(service),
+        "indexes": {name: ix.record.model_dump() for name, ix in it.indexes.items()},
+        "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
+                   "max_aspect": settings.max_aspect, "max_batch_images": settings.max_batch_images},
+        "batching": {"enabled": settings.batching, "max_batch_size": service.batcher.max_batch_size,
+                     "max_wait_ms": settings.max_wait_ms},
+    }
+
+
+@v1.post("/interrogate", response_model=InterrogateOut, response_model_exclude_none=True, openapi_extra=UPLOAD_DOC,
+         summary="interrogate one image (multipart field 'file', or the raw image as the body)")
+async def interrogate(request: Request, embedding: bool = EMBEDDING, top: int = TOP,
+                      service: Service = Depends(ready), settings: Settings = Depends(get_settings)) -> dict:
+    (name, data), = await read_uploads(request, settings, many=False)
+    image = await admit(service, name, data)
+    return _result_out(await _interrogate(service, image), service, embedding, top)
+
+
+@v1.post("/interrogate/batch", response_model=BatchOut, response_model_exclude_none=True, openapi_extra=BATCH_DOC,
+         summary="interrogate several images (multipart, one part per image); bad images get per-item errors")
+async def interrogate_batch(request: Request, embedding: bool = EMBEDDING, top: int = TOP,
+                            service: Service = Depends(ready), settings: Settings = Depends(get_settings)) -> dict:
+    items: list[dict] = []
+    for name, data in await read_uploads(request, settings, many=True):
+        item: dict = {"filename": name}
+        try:
+            item["result"] = _result_out(await _interrogate(service, await admit(service, name, data)),
+                                         service, embedding, top)
+        except Refused as exc:
+            item["error"] = {**exc.detail, "status": exc.status_code}
+        items.append(item)
+    return {"results": items}
+
+
+router.include_router(v1)

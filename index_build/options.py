@@ -1,0 +1,21 @@
+"""Build options and their defaults (light: the command line reads its defaults from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GiB = 1 << 30
+DEFAULT_SHARD_SIZE = 8192
+
+
+@dataclass
+class BuildOptions:
+    shard_size: int = DEFAULT_SHARD_SIZE  # texts per embedding shard
+    memory_budget: int = 4 * GiB  # bytes the index may take in memory
+    exact_max: int = 1_000_000  # largest count served by exact search
+    factory: str | None = None  # FAISS factory string, overriding the automatic choice
+    reduce_to: int | None = None  # PCA dimensions before IVF-PQ
+    opq: bool = False
+    progress: bool = True
+    runner: Any = None  # an index_build.embed.Runner; default: embed in this process

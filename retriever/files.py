@@ -1,0 +1,76 @@
+"""Writing files so that a crash or a full disk never leaves half a file, and checking outputs before work.
+
+Every file unprompt writes (index files, shards, heads, caches, submissions, reports) goes through
+:func:`atomic_write`: a temporary name in the same folder, fsync, then one rename. On any failure
+the temporary file is removed and the old file, if any, is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from retriever.errors import UnpromptError
+
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_name(path: Path) -> Path:
+    """A hidden temporary name beside ``path`` (a build's garbage collection removes leftovers)."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+@contextmanager
+def atomic_write(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise UnpromptError(f"{what}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise UnpromptError(f"{what}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UnpromptError(f"{what}: folder {folder} is not writable")
+
+
+def check_output_file(path: str | Path, what: str = "output") -> Path:
+    """Refuse, before any work, an output file that could not be written: a folder, or a missing folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UnpromptError(f"{what}: {p} is a folder; give a file name")
+    _writable_folder(p.parent if str(p.parent) else Path("."), what)
+    return p
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Refuse, before any work, an output folder that is a file, or whose nearest existing parent is not writable."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UnpromptError(f"{what}: {p} exists and is not a folder")
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    _writable_folder(existing, what)
+    return p

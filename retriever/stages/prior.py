@@ -1,0 +1,53 @@
+"""Prior: what prompts look like, apart from any image.
+
+The mean embedding of the first ``top`` texts of one kind in the indexes (clip-interrogator's
+flavours come most-used first), in the rerank space (to pull the assembly target toward prompt
+style) and in the metric space (to join the final blend); the first of them also become style
+components the greedy chain may add. Both weights 0 switch it off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from retriever.encoders.base import l2_normalize
+from retriever.errors import ProfileError
+from retriever.index import TextIndex
+from retriever.profile import PriorConfig
+from retriever.stages.candidates import Candidate
+from retriever.stages.rerank import TextEmbeddings
+
+
+@dataclass(frozen=True)
+class Prior:
+    config: PriorConfig
+    rerank: np.ndarray | None = None  # unit vector in the rerank space, or None when off
+    metric: np.ndarray | None = None  # unit vector in the metric space, or None when off
+    style: tuple[Candidate, ...] = ()  # components the greedy chain may add
+
+    @classmethod
+    def build(cls, config: PriorConfig, indexes: dict[str, TextIndex], embeddings: TextEmbeddings,
+              metric_embed: Callable[[Sequence[str]], np.ndarray], profile_name: str) -> "Prior":
+        if not (config.assemble_weight or config.blend_weight):
+            return cls(config)
+        cands = []
+        for name, index in indexes.items():
+            if config.kind in index.record.kinds:
+                start, end = index.record.kinds[config.kind]
+                cands += [Candidate(index.text(r), config.kind, "", name, r, 0.0)
+                          for r in range(start, min(end, start + config.top))]
+        if not cands:
+            raise ProfileError(f"profile {profile_name}: prior.kind {config.kind!r} is in none of its indexes")
+        rerank = l2_normalize(embeddings.for_candidates(cands).mean(axis=0))
+        metric = l2_normalize(metric_embed([c.text for c in cands]).mean(axis=0))
+        style = tuple(cands[: config.style_candidates]) if config.assemble_weight else ()
+        return cls(config, rerank, metric, style)
+
+    def assembly_targets(self, image_vectors: np.ndarray) -> np.ndarray:
+        """Image vectors pulled toward prompt style (unchanged when the prior does not steer assembly)."""
+        if self.rerank is None or not self.config.assemble_weight:
+            return image_vectors
+        return l2_normalize(image_vectors + self.config.assemble_weight * self.rerank)
