@@ -36,6 +36,9 @@ def atomic_write(path: str | Path, fsync: bool = True) -> Iterator[Path]:
             finally:
                 os.close(fd)
         tmp.replace(path)
+    except OSError as exc:  # a full disk, say: name the file the user asked for, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

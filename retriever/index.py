@@ -236,7 +236,7 @@ class TextIndex:
 def _load_array(directory: Path, record: BuildRecord, role: str, mmap: bool) -> np.ndarray:
     try:
         return np.load(directory / record.files[role].path, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError, EOFError) as exc:  # a damaged .npy header, caught even with checksums off
+    except Exception as exc:  # a damaged .npy header raises OSError, ValueError, SyntaxError, TokenError, ...
         raise IndexIntegrityError(f"index {directory}: {role} file is unreadable ({str(exc)[:200]}); rebuild the index") from None
 
 
