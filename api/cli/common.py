@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
+from functools import lru_cache
+from importlib import resources
 from typing import Callable
 
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV
@@ -45,11 +48,16 @@ def positive_float(value: str) -> float:
     return x
 
 
-def command(sub, name: str, func: Handler, summary: str, description: str, examples: list[str],
-            profile: bool = True) -> argparse.ArgumentParser:
-    """A subcommand with its description, examples in the epilog, and (usually) --profile."""
-    p = sub.add_parser(name, help=summary, description=description, formatter_class=Formatter,
-                       epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
+@lru_cache(maxsize=1)
+def help_texts() -> dict[str, dict]:
+    return tomllib.loads((resources.files("api.cli") / "help.toml").read_text(encoding="utf-8"))
+
+
+def command(sub, name: str, func: Handler, profile: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with its summary, description and examples from help.toml, and (usually) --profile."""
+    text = help_texts()[name]
+    p = sub.add_parser(name, help=text["summary"], description=text["description"], formatter_class=Formatter,
+                       epilog="examples:\n" + "\n".join(f"  {e}" for e in text["examples"]))
     if profile:
         p.add_argument("--profile", default=None,
                        help=f"built-in profile name or path to a .toml file (default: ${PROFILE_ENV} or {DEFAULT_PROFILE})")

@@ -54,20 +54,10 @@ def run_build_index(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "setup", run_setup, "build the indexes a profile needs, if missing or stale",
-        "Build every index the profile names that has a manifest, when it is missing or its manifest or model "
-        "changed. Unchanged sources are not embedded again.",
-        ["unprompt setup", "UNPROMPT_HOME=/data/unprompt unprompt setup --profile lite"])
+    p = command(sub, "setup", run_setup)
     p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
 
-    p = command(
-        sub, "build-index", run_build_index, "build a FAISS index from a manifest",
-        "Read the manifest's sources (polars, lazily), normalise and deduplicate, embed with the profile's "
-        "retrieval text tower in resumable shards, choose and train a FAISS index from the count and memory "
-        "budget, and commit the index directory atomically.",
-        ["unprompt build-index data_manifests/components.toml --out ~/.cache/unprompt/indexes/components-lite",
-         "unprompt build-index my_captions.toml --profile kaggle --out /data/captions-bigG --memory-budget 64"])
+    p = command(sub, "build-index", run_build_index)
     p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")
     p.add_argument("--out", required=True, help="index directory to write (shards are kept inside for resume)")
     p.add_argument("--shard-size", type=positive_int, default=DEFAULTS.shard_size, help="texts per embedding shard")

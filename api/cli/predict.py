@@ -57,12 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "predict", run, "print a prompt for each image",
-        "Interrogate images and print one prompt per image (TAB-separated with the path when several are given). "
-        "Bad files are reported on stderr and the rest still answered; the exit status is 1 if any image failed.",
-        ["unprompt predict cat.jpg", "unprompt predict *.png --json --top 5",
-         "unprompt predict art.webp --profile kaggle"])
+    p = command(sub, "predict", run)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, WebP, GIF, TIFF, ...)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per image: prompt, final embedding, stage embeddings, "

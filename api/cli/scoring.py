@@ -62,36 +62,17 @@ def _add_bootstrap(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "score", run_score, "score predictions against ground truth on the Kaggle metric",
-        "Mean cosine between all-MiniLM-L6-v2 embeddings of predicted and true prompts, with a bootstrap 95% "
-        "confidence interval. Ground truth: CSV/parquet with imgId,prompt. Predictions: imgId,prompt, or Kaggle's "
-        "long format imgId_eId,val (384 rows per image). Mismatched or duplicate ids, wrong row counts and "
-        "non-finite values are refused, naming the ids.",
-        ["unprompt score --truth prompts.csv --predictions submission.csv",
-         "unprompt score --truth prompts.parquet --predictions guesses.csv --json"], profile=False)
+    p = command(sub, "score", run_score, profile=False)
     p.add_argument("--truth", required=True, help="ground truth table: imgId,prompt")
     p.add_argument("--predictions", required=True, help="imgId,prompt or imgId_eId,val")
     _add_bootstrap(p)
     p.add_argument("--json", action="store_true", help="print mean, n, interval and per-image cosines as JSON")
 
-    p = command(
-        sub, "submit", run_submit, "write a Kaggle submission for a folder of images",
-        "Run the profile over every image in a folder and write Kaggle's long format: imgId_eId,val with image ids "
-        "(file names without suffix) sorted, then _0 to _383. The output is checked before any work and written "
-        "atomically; if any image cannot be read, nothing is written.",
-        ["unprompt submit images/ --out submission.csv",
-         "unprompt submit /kaggle/input/images --profile kaggle --out submission.csv"])
+    p = command(sub, "submit", run_submit)
     p.add_argument("images_dir", help="folder of images")
     p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
 
-    p = command(
-        sub, "eval", run_eval, "score every stage on (image, prompt) pairs and write a report",
-        "Run the pipeline over a table of (image, prompt) pairs. Scores the retrieval-only prompt, the assembled "
-        "prompt, the regressor, the final blend, a constant prompt and the mean training embedding; writes "
-        "report.json, per_image.csv and report.html (plots, best and worst examples).",
-        ["unprompt eval data_manifests/examples/eval.csv",
-         "unprompt eval pairs.parquet --profile kaggle --train-prompts train.csv --out reports/kaggle"])
+    p = command(sub, "eval", run_eval)
     p.add_argument("table", help="CSV/parquet with image (path, relative to the file) and prompt columns")
     p.add_argument("--out", default=None, help="report folder (default eval-<profile>)")
     p.add_argument("--train-prompts", default=None,

@@ -40,15 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "serve", run, "run the HTTP service",
-        "Serve POST /v1/interrogate (and /v1/interrogate/batch, /v1/info, /healthz, /readyz, /metrics, /docs and a "
-        "web page at /) with uvicorn. Models and indexes load once, at start-up. Other settings come from UNPROMPT_* "
-        "environment variables: UNPROMPT_API_KEY, UNPROMPT_MAX_UPLOAD_BYTES, UNPROMPT_MAX_PIXELS, UNPROMPT_MAX_ASPECT, "
-        "UNPROMPT_DECODE_WORKERS, UNPROMPT_CORS_ORIGINS, UNPROMPT_MAX_BATCH_SIZE, UNPROMPT_MAX_WAIT_MS, "
-        "UNPROMPT_SHUTDOWN_TIMEOUT_S.",
-        ["unprompt serve", "unprompt serve --host 0.0.0.0 --port 8080 --profile kaggle",
-         "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/interrogate"])
-    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p = command(sub, "serve", run)
+    from api.settings import Settings
+
+    fields = Settings.model_fields
+    p.add_argument("--host", default=None, help=f"address to bind (default {fields['host'].default})")
+    p.add_argument("--port", type=int, default=None, help=f"port (default {fields['port'].default})")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (no micro-batching)")

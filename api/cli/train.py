@@ -25,14 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = command(
-        sub, "train-regressor", run, "train the head that maps image features to MiniLM space",
-        "Train a regressor head for the profile's retrieval space with a cosine loss, a validation split and early "
-        "stopping. --pairs trains on (image, prompt) pairs (image features cached); --prompts fits CLIP text "
-        "embeddings -> MiniLM from prompts alone, then serves on image embeddings. The head records its model ids "
-        "and dimensions and is refused if they do not fit.",
-        ["unprompt train-regressor --profile kaggle --pairs train.csv",
-         "unprompt train-regressor --profile kaggle --prompts diffusiondb_prompts.parquet --out head.pt"])
+    p = command(sub, "train-regressor", run)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", help="CSV/parquet/JSONL with image paths (relative to the file) and prompts")
     src.add_argument("--prompts", help="text file (one prompt a line) or table with a prompt column")
