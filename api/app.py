@@ -9,9 +9,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import swagger_ui_bundle
+
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from api.batcher import MicroBatcher
 from api.deps import Service
@@ -19,7 +22,7 @@ from api.errors import install_error_handlers
 from api.logs import configure
 from api.metrics import Metrics
 from api.middleware import BodySizeLimit, Observe
-from api.routes import router
+from api.routes import DOCS_ASSETS, router
 from api.settings import Settings
 from retriever import __version__
 from retriever.pipeline import Interrogator
@@ -32,8 +35,9 @@ def default_batch_size() -> int:
 
 
 def _start(settings: Settings, metrics: Metrics, interrogator: Interrogator) -> Service:
-    def run(images):
-        results = interrogator.interrogate(images)
+    def run(images, options):
+        mode, flavours = options or (None, None)
+        results = interrogator.interrogate_batch(images, mode, flavours)
         for result in results:  # per image, as the histogram says
             for stage, ms in result.timings_ms.items():
                 metrics.stage.labels(stage).observe(ms / 1000)
@@ -66,8 +70,9 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
         await service.batcher.stop()
         service.decoder.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="unprompt", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="unprompt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Recover the prompt behind an image. POST an image to /v1/interrogate.")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, None
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     if settings.cors_origins:

@@ -3,6 +3,7 @@
 Requests queue up; a collector takes the first and, when other requests are in flight, waits at
 most ``max_wait_ms`` for more, up to ``max_batch_size``; a lone request runs at once. Batches run
 on a single worker thread, so model work never blocks the event loop and never runs two at once.
+Requests with different options (mode, flavours) share the wait but run as separate model batches.
 A batch that fails is run again image by image, so only the request whose image fails gets the error.
 """
 
@@ -11,13 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
-from PIL import Image
-
-from retriever.pipeline import Interrogation
-
-BatchFn = Callable[[Sequence[Image.Image]], list[Interrogation]]
+BatchFn = Callable[[Sequence[Any], Hashable], list[Any]]  # (images, options) -> one result per image
+_Item = tuple[Any, Hashable, asyncio.Future]
 
 
 class MicroBatcher:
@@ -28,7 +26,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000 if enabled else 0.0
         self.on_batch = on_batch
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unprompt-model")
-        self.queue: asyncio.Queue[tuple[Image.Image, asyncio.Future]] = asyncio.Queue()
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.inflight = 0  # submitted and not yet answered
 
@@ -44,20 +42,16 @@ class MicroBatcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, image: Image.Image) -> Interrogation:
+    async def submit(self, image: Any, options: Hashable = None) -> Any:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.inflight += 1
         try:
-            await self.queue.put((image, future))
+            await self.queue.put((image, options, future))
             return await future
         finally:
             self.inflight -= 1
 
-    async def submit_many(self, images: Sequence[Image.Image]) -> list[Interrogation]:
-        return list(await asyncio.gather(*(self.submit(im) for im in images)))
-
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
             deadline = time.monotonic() + self.max_wait
@@ -69,29 +63,35 @@ class MicroBatcher:
                                  await asyncio.wait_for(self.queue.get(), remaining))
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
-            live = [(im, fut) for im, fut in batch if not fut.cancelled()]
-            if not live:
-                continue
-            if self.on_batch:
-                self.on_batch(len(live))
-            try:
-                results = await loop.run_in_executor(self.executor, self.run, [im for im, _ in live])
-            except Exception as exc:
-                if len(live) == 1:
-                    _settle(live[0][1], exc=exc)
-                    continue
-                # one bad image must not fail its neighbours: run each alone, so only its own request fails
-                for image, fut in live:
-                    try:
-                        _settle(fut, result=(await loop.run_in_executor(self.executor, self.run, [image]))[0])
-                    except Exception as alone:
-                        _settle(fut, exc=alone)
-                continue
-            for (_, fut), result in zip(live, results):
-                _settle(fut, result=result)
+            groups: dict[Hashable, list[_Item]] = {}
+            for item in batch:
+                if not item[2].cancelled():
+                    groups.setdefault(item[1], []).append(item)
+            for options, live in groups.items():
+                await self._run(live, options)
+
+    async def _run(self, live: list[_Item], options: Hashable) -> None:
+        loop = asyncio.get_running_loop()
+        if self.on_batch:
+            self.on_batch(len(live))
+        try:
+            results = await loop.run_in_executor(self.executor, self.run, [im for im, _, _ in live], options)
+        except Exception as exc:
+            if len(live) == 1:
+                _settle(live[0][2], exc=exc)
+                return
+            # one bad image must not fail its neighbours: run each alone, so only its own request fails
+            for image, _, fut in live:
+                try:
+                    _settle(fut, result=(await loop.run_in_executor(self.executor, self.run, [image], options))[0])
+                except Exception as alone:
+                    _settle(fut, exc=alone)
+            return
+        for (_, _, fut), result in zip(live, results):
+            _settle(fut, result=result)
 
 
-def _settle(fut: asyncio.Future, result: Interrogation | None = None, exc: BaseException | None = None) -> None:
+def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
     if fut.done():  # the client went away
         return
     if exc is not None:

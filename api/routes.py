@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
 from api.deps import Service, admit, get_settings, read_uploads, ready, require_key
@@ -14,6 +15,7 @@ from api.settings import Settings
 from retriever import __version__
 from retriever.images import ImageRejected
 from retriever.pipeline import Interrogation
+from retriever.profile import Mode
 
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
@@ -22,8 +24,12 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {
 BATCH_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object",
     "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+DOCS_ASSETS = "/docs-assets"
 EMBEDDING = Query(False, description="include the 384-d embedding")
 TOP = Query(10, ge=0, le=100, description="candidates to return")
+MODE = Query(None, description="fast (retrieval only), classic, best (full assembly; the default) or negative "
+                               "(the answer is the negative prompt)")
+FLAVOURS = Query(None, ge=0, le=32, description="most components the assembly may chain (default: the profile's)")
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
@@ -45,10 +51,10 @@ def _result_out(result: Interrogation, service: Service, embedding: bool, top: i
     return out
 
 
-async def _interrogate(service: Service, image) -> Interrogation:
+async def _interrogate(service: Service, image, mode: Mode | None, flavours: int | None) -> Interrogation:
     """One image through the micro-batcher; an image the model cannot take alone is refused, not a 500."""
     try:
-        return await service.batcher.submit(image)
+        return await service.batcher.submit(image, (mode, flavours))
     except MemoryError:
         raise Refused("too_large", "the image needs too much memory to process") from None
     except ImageRejected as exc:
@@ -58,6 +64,14 @@ async def _interrogate(service: Service, image) -> Interrogation:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
     return HTMLResponse((resources.files("api") / "static" / "index.html").read_text(encoding="utf-8"))
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    """Swagger UI from the swagger-ui-bundle package, so /docs works with no network."""
+    return get_swagger_ui_html(openapi_url=request.app.openapi_url, title="unprompt API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url="data:,")
 
 
 @router.get("/healthz", summary="alive")
@@ -92,23 +106,25 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
 
 @v1.post("/interrogate", response_model=InterrogateOut, response_model_exclude_none=True, openapi_extra=UPLOAD_DOC,
          summary="interrogate one image (multipart field 'file', or the raw image as the body)")
-async def interrogate(request: Request, embedding: bool = EMBEDDING, top: int = TOP,
-                      service: Service = Depends(ready), settings: Settings = Depends(get_settings)) -> dict:
+async def interrogate(request: Request, embedding: bool = EMBEDDING, top: int = TOP, mode: Mode | None = MODE,
+                      flavours: int | None = FLAVOURS, service: Service = Depends(ready),
+                      settings: Settings = Depends(get_settings)) -> dict:
     (name, data), = await read_uploads(request, settings, many=False)
     image = await admit(service, name, data)
-    return _result_out(await _interrogate(service, image), service, embedding, top)
+    return _result_out(await _interrogate(service, image, mode, flavours), service, embedding, top)
 
 
 @v1.post("/interrogate/batch", response_model=BatchOut, response_model_exclude_none=True, openapi_extra=BATCH_DOC,
          summary="interrogate several images (multipart, one part per image); bad images get per-item errors")
-async def interrogate_batch(request: Request, embedding: bool = EMBEDDING, top: int = TOP,
-                            service: Service = Depends(ready), settings: Settings = Depends(get_settings)) -> dict:
+async def interrogate_batch(request: Request, embedding: bool = EMBEDDING, top: int = TOP, mode: Mode | None = MODE,
+                            flavours: int | None = FLAVOURS, service: Service = Depends(ready),
+                            settings: Settings = Depends(get_settings)) -> dict:
     items: list[dict] = []
     for name, data in await read_uploads(request, settings, many=True):
         item: dict = {"filename": name}
         try:
-            item["result"] = _result_out(await _interrogate(service, await admit(service, name, data)),
-                                         service, embedding, top)
+            image = await admit(service, name, data)
+            item["result"] = _result_out(await _interrogate(service, image, mode, flavours), service, embedding, top)
         except Refused as exc:
             item["error"] = {**exc.detail, "status": exc.status_code}
         items.append(item)

@@ -16,6 +16,9 @@ class CandidateOut(BaseModel):
 
 class InterrogateOut(BaseModel):
     prompt: str
+    mode: str
+    alternatives: list[str]
+    negative_prompt: str
     retrieval_prompt: str
     embedding: list[float] | None = None
     candidates: list[CandidateOut]

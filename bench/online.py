@@ -51,7 +51,7 @@ def run(interrogator, data: list[bytes], rounds: int) -> tuple[list[float], dict
             t = time.perf_counter()
             image = decode_image(blob)
             decode = (time.perf_counter() - t) * 1000
-            result = interrogator.interrogate([image])[0]
+            result = interrogator.interrogate(image)
             total = (time.perf_counter() - t) * 1000
             if r == 0:
                 continue  # warm-up round

@@ -92,7 +92,7 @@ def main() -> int:
     for i, image in enumerate(images):
         interrogator.text_embeddings.memo.clear()  # repeated images must not find their prompts cached
         t = time.perf_counter()
-        result = interrogator.interrogate([image])[0]
+        result = interrogator.interrogate(image)
         total = (time.perf_counter() - t) * 1000
         if i < args.warmup:
             continue

@@ -6,7 +6,7 @@ A manifest is TOML (or YAML) like::
 
     [[sources]]
     name = "artists"
-    path = "pkg:clip_interrogator/data/artists.txt"   # file, glob, or pkg:<package>/<file>
+    path = "pkg:data_manifests/clip_interrogator/artists.txt"   # file, glob, or pkg:<package>/<file>
     kind = "artist"                                   # caption | subject | medium | movement | artist | flavour ...
     template = "by {}"                                # optional
     min_chars = 2
@@ -126,7 +126,6 @@ def source_files(source: Source, base_dir: str) -> list[Path]:
             package = source.path[4:].partition("/")[0]
             raise ManifestError(
                 f"source {source.name!r}: package {package!r} is not installed"
-                + (" (`pip install --no-deps clip-interrogator==0.6.0`)" if package == "clip_interrogator" else "")
             )
         if not target.is_file():
             raise ManifestError(f"source {source.name!r}: {source.path} does not exist")
@@ -144,7 +143,7 @@ def source_files(source: Source, base_dir: str) -> list[Path]:
 
 def package_file(spec: str) -> Path | None:
     """'<package>/<file>' inside an installed package, found without importing the package
-    (importing clip_interrogator would start downloads)."""
+    (importing a package can have side effects: clip_interrogator's starts downloads)."""
     package, _, rel = spec.partition("/")
     if not package.isidentifier():
         raise ManifestError(f"pkg:{spec}: {package!r} is not a package name")

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from retriever.errors import ImageError
 
 MiB = 1 << 20
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,14 @@ def read_image_file(path: str | Path, limits: ImageLimits = ImageLimits()) -> by
 
 def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.Image:
     return admit_image(read_image_file(path, limits), limits, name=str(path))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files of a folder (by suffix), sorted by name; a clear error for a non-folder or none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageRejected("missing", f"{folder}: not a folder of images")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise ImageRejected("missing", f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -14,16 +15,22 @@ from retriever.encoders import create_space
 from retriever.encoders.base import Space
 from retriever.encoders.minilm import sentence_encoder
 from retriever.errors import IndexIntegrityError, ProfileError
-from retriever.index import TextIndex
+from retriever.images import load_image
+from retriever.index import TextIndex, read_record
 from retriever.paths import index_dir, resolve_home_path
-from retriever.profile import BridgeSpaceSpec, Profile
+from retriever.profile import BridgeSpaceSpec, Mode, Profile, load_profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
 from retriever.stages.blend import blend
 from retriever.stages.candidates import Candidate, Candidates, best_of_all, best_subject
+from retriever.stages.negative import NegativePrompt
 from retriever.stages.prior import Prior
 from retriever.stages.regress import BridgeRegressor, HeadRegressor, Regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
 from retriever.stages.retrieve import Retriever
+
+ALTERNATIVES = 5
+ImageLike = Image.Image | str | Path
+
 
 @dataclass
 class Interrogation:
@@ -33,11 +40,21 @@ class Interrogation:
     stage_embeddings: dict[str, np.ndarray]  # retrieval | prompt | regressor, each in metric space
     candidates: list[Candidate]
     prompts: list[ScoredPrompt]
+    negative_prompt: str = ""
+    mode: str = "best"
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alternatives(self) -> list[str]:
+        """The next best assembled prompts (up to 5), best first."""
+        return [p.text for p in self.prompts if p.text != self.prompt][:ALTERNATIVES]
 
     def as_dict(self, embeddings: bool = True, top: int = 20) -> dict:
         out = {
             "prompt": self.prompt,
+            "mode": self.mode,
+            "alternatives": self.alternatives,
+            "negative_prompt": self.negative_prompt,
             "retrieval_prompt": self.retrieval_prompt,
             "candidates": [c.as_dict() for c in self.candidates[:top]],
             "prompt_candidates": [{"text": p.text, "score": round(p.score, 6)} for p in self.prompts[:top]],
@@ -86,13 +103,20 @@ class Interrogator:
         self.retriever = Retriever(indexes, profile.retrieve.k)
         self.text_embeddings = TextEmbeddings(rerank, indexes)
         self.reranker = Reranker(self.text_embeddings, profile.rerank.floor, profile.rerank.keep)
-        self.assembler = Assembler(profile.assemble)
+        self.negative = NegativePrompt(indexes, profile.negative)
         self.regressor = regressor
         self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
         self.prior = Prior.build(profile.prior, indexes, self.text_embeddings, self._metric_embed, profile.name)
 
     @classmethod
+    def load(cls, profile: str | Profile | None = None, checksums: bool = True) -> "Interrogator":
+        """The Python API's entry point: ``Interrogator.load("lite")`` (a built-in name, a .toml path or a Profile)."""
+        return cls.from_profile(profile if isinstance(profile, Profile) else load_profile(profile), checksums)
+
+    @classmethod
     def from_profile(cls, profile: Profile, checksums: bool = True) -> "Interrogator":
+        for ref in profile.retrieve.indexes:  # a missing index is reported before any model loads
+            read_record(index_dir(ref.name))
         retrieval = create_space(profile.retrieve.space)
         rerank = retrieval if profile.rerank.space == "retrieval" else create_space(profile.rerank.space)
         indexes = load_indexes(profile, retrieval, checksums)
@@ -115,10 +139,20 @@ class Interrogator:
     def _metric_embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.metric.encode_text(texts)
 
-    def interrogate(self, images: Sequence[Image.Image]) -> list[Interrogation]:
-        """One Interrogation per image. Timings are per image (a batch's stage time over its size)."""
+    def interrogate(self, image: ImageLike, mode: Mode | None = None, flavours: int | None = None) -> Interrogation:
+        """One image (a PIL image or a path): prompt, alternatives, negative prompt, embedding, timings."""
+        return self.interrogate_batch([image], mode, flavours)[0]
+
+    def interrogate_batch(self, images: Sequence[ImageLike], mode: Mode | None = None,
+                          flavours: int | None = None) -> list[Interrogation]:
+        """One Interrogation per image, in one batch through every stage. ``mode`` (fast, classic, best,
+        negative) and ``flavours`` (components the chain may add) choose the assembly, as the profile's
+        ``[modes]`` say. Timings are per image (a batch's stage time over its size)."""
         if not images:
             return []
+        images = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        mode = mode or self.profile.default_mode
+        assembler = Assembler(self.profile.assemble_for(mode, flavours))
         timer = _Timer()
         with timer.stage("image_encode"):
             retrieval_vectors = self.retrieval_space.encode_images(images)
@@ -133,12 +167,18 @@ class Interrogator:
             reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
         with timer.stage("assemble"):
             targets = self.prior.assembly_targets(rerank_vectors)
-            assembled = [self.assembler.assemble(v, c, self.text_embeddings.for_texts, self.prior.style)
+            assembled = [assembler.assemble(v, c, self.text_embeddings.for_texts, self.prior.style)
                          for v, c in zip(targets, reranked)]
+        with timer.stage("negative"):
+            negatives = self.negative(retrieval_vectors)
         with timer.stage("regress"):
             regressed = self.regressor.predict(retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
             results = self._finish(assembled, reranked, regressed)
+        for r, negative in zip(results, negatives):
+            r.negative_prompt, r.mode = negative, mode
+            if mode == "negative":
+                r.prompt = negative
         per_image = {k: v / len(images) for k, v in timer.ms.items()}
         for r in results:
             r.timings_ms = dict(per_image)

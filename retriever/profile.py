@@ -80,6 +80,33 @@ class AssembleConfig(_Strict):
     max_tokens: int = Field(default=77, ge=3, le=77, description="CLIP context length, start/end tokens included")
 
 
+Mode = Literal["fast", "classic", "best", "negative"]
+MODES: tuple[str, ...] = ("fast", "classic", "best", "negative")
+
+
+class ModeConfig(_Strict):
+    """What a mode changes in the assembly (unset keys keep the profile's own ``[assemble]`` values)."""
+
+    templates: list[str] | None = Field(default=None, min_length=1)
+    max_chain: int | None = Field(default=None, ge=0)
+
+
+DEFAULT_MODES: dict[str, ModeConfig] = {
+    "fast": ModeConfig(templates=["{subject}"], max_chain=0),  # retrieval only
+    "classic": ModeConfig(templates=["{subject}, {medium} {artist}, {movement}", "{subject}, {medium}", "{subject}"],
+                          max_chain=3),  # CLIP Interrogator's shape: subject, medium, artist, movement, 3 flavours
+    "best": ModeConfig(),  # the profile's full assembly
+    "negative": ModeConfig(templates=["{subject}"], max_chain=0),  # the answer is the negative prompt
+}
+
+
+class NegativeConfig(_Strict):
+    """The negative prompt: the components of these kinds least like the image (searched with the negated vector)."""
+
+    kinds: list[str] = ["flavour"]
+    count: int = Field(default=6, ge=1, le=50)
+
+
 class RegressConfig(_Strict):
     kind: Literal["bridge", "head", "none"]
     head: str | None = Field(default=None, description="path to a head saved by `unprompt train-regressor`")
@@ -124,7 +151,25 @@ class Profile(_Strict):
     regress: RegressConfig
     blend: BlendConfig
     prior: PriorConfig = PriorConfig()
+    negative: NegativeConfig = NegativeConfig()
+    modes: dict[Mode, ModeConfig] = Field(default_factory=lambda: dict(DEFAULT_MODES))
+    default_mode: Mode = "best"
     source: str = Field(default="", description="where the profile was read from (filled in on load)")
+
+    @model_validator(mode="after")
+    def _every_mode(self) -> "Profile":
+        missing = [m for m in MODES if m not in self.modes]
+        if missing:  # a profile may override some modes; the others keep their defaults
+            object.__setattr__(self, "modes", {**{m: DEFAULT_MODES[m] for m in missing}, **self.modes})
+        return self
+
+    def assemble_for(self, mode: str | None = None, flavours: int | None = None) -> AssembleConfig:
+        """The assembly a mode asks for; ``flavours`` sets how many components the chain may add."""
+        override = self.modes[mode or self.default_mode]
+        update = {k: v for k, v in override.model_dump().items() if v is not None}
+        if flavours is not None:
+            update["max_chain"] = flavours
+        return self.assemble.model_copy(update=update) if update else self.assemble
 
     @property
     def rerank_space(self) -> ClipSpaceSpec | BridgeSpaceSpec:

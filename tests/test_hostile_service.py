@@ -82,10 +82,10 @@ class _FailsOnMarker:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def interrogate(self, images):
+    def interrogate_batch(self, images, mode=None, flavours=None):
         if any(im.size == (13, 7) for im in images):
             raise MemoryError("simulated: the image needs 40 GB")
-        return self.real.interrogate(images)
+        return self.real.interrogate_batch(images, mode, flavours)
 
 
 def test_a_failing_micro_batch_is_retried_image_by_image(lite_interrogator):
@@ -108,7 +108,7 @@ def test_a_failing_micro_batch_is_retried_image_by_image(lite_interrogator):
 
 
 def test_batcher_retry_keeps_order_and_isolates_the_failure():
-    def run(items):
+    def run(items, options):
         if "bad" in items:
             raise ValueError("boom")
         return [f"ok:{x}" for x in items]
@@ -159,7 +159,7 @@ def test_every_error_has_one_shape_and_every_response_is_counted(lite_interrogat
         def __getattr__(self, name):
             return getattr(lite_interrogator, name)
 
-        def interrogate(self, images):
+        def interrogate_batch(self, images, mode=None, flavours=None):
             raise RuntimeError("a bug, not bad input")
 
     with LiveServer(create_app(Settings(), Broken())) as server, httpx.Client(base_url=server.url, timeout=30) as c:

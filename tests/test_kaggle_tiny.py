@@ -28,8 +28,8 @@ def tiny_profile(tmp_path: Path, tiny) -> Path:
         '[[sources]]\nname = "captions"\npath = "captions.txt"\nkind = "caption"\n'
     )
     components = (REPO / "data_manifests" / "components.toml").read_text()
-    components = components.replace('path = "pkg:clip_interrogator/data/flavors.txt"',
-                                    'path = "pkg:clip_interrogator/data/flavors.txt"\nlimit = 300')
+    components = components.replace('path = "pkg:data_manifests/clip_interrogator/flavors.txt"',
+                                    'path = "pkg:data_manifests/clip_interrogator/flavors.txt"\nlimit = 300')
     components = components.replace('kind = "artist"\n', 'kind = "artist"\nlimit = 200\n')
     (tmp_path / "components.toml").write_text(components)
     text = (REPO / "retriever" / "profiles" / "kaggle.toml").read_text()
@@ -123,7 +123,7 @@ def test_rerank_cache_means_known_texts_are_not_embedded(kaggle_tiny, tmp_path, 
               {"feature_model_id": space.model_id, "in_dim": 32, "target_model_id": metric.model_id, "out_dim": 384})
     interrogator = Interrogator.from_profile(profile)
     assert interrogator.rerank_space is not interrogator.retrieval_space
-    result = interrogator.interrogate([load_image(EXAMPLES / "coffee.jpg")])[0]
+    result = interrogator.interrogate(load_image(EXAMPLES / "coffee.jpg"))
     n_tried = len(result.prompts)
     # only the assembled prompts were new strings; every candidate text came from the rerank cache
     assert interrogator.text_embeddings.computed <= n_tried

@@ -58,11 +58,22 @@ def test_bad_files_are_reported_and_the_rest_answered(images):
 
 
 def test_missing_weights_exit_cleanly(tmp_path):
-    res = run_cli("predict", "--profile", "kaggle", str(EXAMPLES / "cat.jpg"),
+    res = run_cli("build-index", "components.toml", "--profile", "kaggle", "--out", str(tmp_path / "ix"),
                   env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert "ViT-bigG-14" in res.stderr and "laion2b_s39b_b160k" in res.stderr and "checkpoint" in res.stderr
+
+
+def test_a_missing_index_is_reported_before_any_model_loads(monkeypatch):
+    import retriever.pipeline
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded before the indexes were checked")
+
+    monkeypatch.setattr(retriever.pipeline, "create_space", no_models)
+    res = run_cli("predict", "--profile", "kaggle", str(EXAMPLES / "cat.jpg"))
+    assert res.returncode == 2 and "no index at" in res.stderr and "captions-bigG" in res.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["predict"], ["setup"], ["build-index"]])

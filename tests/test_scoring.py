@@ -140,7 +140,7 @@ def test_submit_round_trip_scores_like_the_short_format(tmp_path, prompt_only_pr
     assert sub.height == 3 * 384
     assert sub["imgId_eId"].to_list()[:2] == ["cat_0", "cat_1"] and sub["imgId_eId"][384] == "coffee_0"
     res = run_cli("predict", *(str(images / n) for n in ("cat.jpg", "coffee.jpg", "rocket.jpg")),
-                  "--profile", str(prompt_only_profile))
+                  "--profile", str(prompt_only_profile), "--format", "tsv")
     prompts = dict(line.split("\t") for line in res.stdout.strip().splitlines())
     short = write(tmp_path / "short.csv", {"imgId": [Path(k).stem for k in prompts], "prompt": list(prompts.values())})
     truth = write(tmp_path / "truth.csv", {"imgId": ["cat", "coffee", "rocket"],

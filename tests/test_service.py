@@ -46,7 +46,7 @@ def test_health_ready_info_metrics_docs_and_page(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/interrogate", "/v1/interrogate/batch", "/v1/info", "/healthz", "/readyz"} <= set(spec["paths"])
     page = client.get("/")
-    assert page.status_code == 200 and "Drag an image here" in page.text
+    assert page.status_code == 200 and "Drag images here" in page.text
 
 
 def test_interrogate_multipart_and_raw(client):

@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from api.cli import indexes, predict, scoring, serve, train  # noqa: E402
 from api.cli.common import Formatter, err  # noqa: E402
+from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError  # noqa: E402
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG.format(profiles=", ".join(builtin_profiles()), default=DEFAULT_PROFILE, env=PROFILE_ENV),
         formatter_class=Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"unprompt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)

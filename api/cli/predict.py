@@ -1,69 +1,120 @@
-"""`unprompt predict`: a prompt for each image."""
+"""`unprompt predict`: a prompt for each image, in a stable shape whatever the number of images."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
 import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TextIO
 
 from api.cli.common import command, err, positive_int
 from retriever.errors import UnpromptError
-from retriever.images import ImageLimits
+from retriever.images import ImageLimits, list_images
+from retriever.profile import MODES
 
 LIMITS = ImageLimits()
+FORMATS = ("text", "tsv", "csv", "jsonl")
+
+
+def expand(inputs: list[str]) -> list[str]:
+    """Files as given; a folder stands for its image files, sorted by name."""
+    return [str(f) for item in inputs for f in (list_images(item) if Path(item).is_dir() else [item])]
+
+
+class Writer:
+    """One record per image, in input order: a failed image keeps its place (empty prompt, or its error)."""
+
+    def __init__(self, stream: TextIO, fmt: str, with_embedding: bool, top: int) -> None:
+        self.stream, self.fmt, self.with_embedding, self.top = stream, fmt, with_embedding, top
+        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        if self.csv:
+            self.csv.writerow(["image", "prompt", "negative_prompt", "error"])
+
+    def result(self, path: str, result, extra: dict) -> None:
+        if self.fmt == "jsonl":
+            self._line(json.dumps({"image": path, **result.as_dict(self.with_embedding, self.top), **extra}))
+        elif self.csv:
+            self.csv.writerow([path, result.prompt, result.negative_prompt, ""])
+        else:
+            self._line(f"{_one_line(path)}\t{_one_line(result.prompt)}" if self.fmt == "tsv" else _one_line(result.prompt))
+        self.stream.flush()
+
+    def failure(self, path: str, message: str) -> None:
+        if self.fmt == "jsonl":
+            self._line(json.dumps({"image": path, "error": message}))
+        elif self.csv:
+            self.csv.writerow([path, "", "", message])
+        else:
+            self._line(f"{_one_line(path)}\t" if self.fmt == "tsv" else "")
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from retriever.files import atomic_write, check_output_file
     from retriever.images import load_image
     from retriever.pipeline import Interrogator
-    from retriever.profile import load_profile
 
-    profile = load_profile(args.profile)
-    interrogator = Interrogator.from_profile(profile)
+    fmt = "jsonl" if args.json else args.format
+    out = check_output_file(args.out, "--out") if args.out else None
+    paths = expand(args.images)
+    interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
     failures = 0
-
-    def fail(path: str, message: str) -> None:
-        nonlocal failures
-        failures += 1
-        err(message)
-        if args.json:
-            print(json.dumps({"image": path, "error": message}), flush=True)
-
-    for path in args.images:
-        t0 = time.perf_counter()
-        try:
-            image = load_image(path, limits)
-        except UnpromptError as exc:
-            fail(path, str(exc))
-            continue
-        decode_ms = (time.perf_counter() - t0) * 1000
-        try:
-            result = interrogator.interrogate([image])[0]
-        except MemoryError:
-            fail(path, f"{path}: the image needs too much memory to process")
-            continue
-        if args.json:
-            out = {"image": path, **result.as_dict(embeddings=not args.no_embedding, top=args.top)}
-            out["timings_ms"] = {"decode": round(decode_ms, 3), **out["timings_ms"],
-                                 "total": round((time.perf_counter() - t0) * 1000, 3)}
-            out["profile"] = profile.name
-            print(json.dumps(out), flush=True)
-        elif len(args.images) > 1:
-            print(f"{path}\t{result.prompt}", flush=True)
-        else:
-            print(result.prompt, flush=True)
+    with ExitStack() as stack:
+        stream: TextIO = sys.stdout
+        if out:
+            tmp = stack.enter_context(atomic_write(out))
+            stream = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
+        writer = Writer(stream, fmt, not args.no_embedding, args.top)
+        for path in tqdm(paths, desc="predict", unit="img", disable=None if len(paths) > 1 else True,
+                         file=sys.stderr):
+            t0 = time.perf_counter()
+            try:
+                image = load_image(path, limits)
+                decode_ms = (time.perf_counter() - t0) * 1000
+                result = interrogator.interrogate(image, args.mode, args.flavours)
+            except (UnpromptError, MemoryError) as exc:
+                message = str(exc) if isinstance(exc, UnpromptError) else f"{path}: the image needs too much memory"
+                failures += 1
+                err(message)
+                writer.failure(path, message)
+                continue
+            timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in result.timings_ms.items()},
+                       "total": round((time.perf_counter() - t0) * 1000, 3)}
+            writer.result(path, result, {"timings_ms": timings, "profile": interrogator.profile.name})
     return 1 if failures else 0
 
 
 def register(sub) -> None:
     p = command(sub, "predict", run)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, WebP, GIF, TIFF, ...)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object per image: prompt, final embedding, stage embeddings, "
-                        "top candidates with scores, prompt candidates, per-stage timings")
-    p.add_argument("--top", type=positive_int, default=20, help="candidates to include with --json")
-    p.add_argument("--no-embedding", action="store_true", help="leave embeddings out of --json output")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files (PNG, JPEG, WebP, GIF, TIFF, ...) "
+                                                                   "or folders of them")
+    p.add_argument("--format", choices=FORMATS, default="text",
+                   help="text: one prompt a line; tsv: path and prompt; csv: image,prompt,negative_prompt,error; "
+                        "jsonl: one JSON object per image (prompt, alternatives, negative prompt, embeddings, "
+                        "candidates, timings)")
+    p.add_argument("--json", action="store_true", help="same as --format jsonl")
+    p.add_argument("--out", default=None, help="write to this file (atomically) instead of standard output")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="fast: retrieval only; classic: subject, medium, artist, movement and a few flavours; "
+                        "best: the full assembly (default); negative: print the negative prompt")
+    p.add_argument("--flavours", type=int, default=None, metavar="N",
+                   help="most components the assembly may chain (default: the profile's)")
+    p.add_argument("--top", type=positive_int, default=20, help="candidates to include with jsonl")
+    p.add_argument("--no-embedding", action="store_true", help="leave embeddings out of jsonl output")
     p.add_argument("--max-pixels", type=positive_int, default=LIMITS.max_pixels,
                    help="refuse images with more pixels than this")
     p.add_argument("--max-bytes", type=positive_int, default=LIMITS.max_bytes, help="refuse larger files")

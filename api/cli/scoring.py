@@ -22,15 +22,17 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from retriever.evaluation.run import list_images, submit
+    from retriever.evaluation.run import submit
     from retriever.files import check_output_file
+    from retriever.images import list_images
     from retriever.pipeline import Interrogator
-    from retriever.profile import load_profile
 
     check_output_file(args.out, "--out")  # before the models load, not after every image
+    if args.prompts_out:
+        check_output_file(args.prompts_out, "--prompts-out")
     list_images(args.images_dir)
-    n = submit(Interrogator.from_profile(load_profile(args.profile)), args.images_dir, args.out)
-    print(f"wrote {args.out}: {n} images x 384 rows")
+    n = submit(Interrogator.load(args.profile), args.images_dir, args.out, prompts_out=args.prompts_out)
+    print(f"wrote {args.out}: {n} images x 384 rows" + (f"; prompts in {args.prompts_out}" if args.prompts_out else ""))
     return 0
 
 
@@ -63,7 +65,8 @@ def _add_bootstrap(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = command(sub, "score", run_score, profile=False)
-    p.add_argument("--truth", required=True, help="ground truth table: imgId,prompt")
+    p.add_argument("--truth", required=True,
+                   help="ground truth: imgId,prompt, or Kaggle's long format imgId_eId,val (sample_submission.csv)")
     p.add_argument("--predictions", required=True, help="imgId,prompt or imgId_eId,val")
     _add_bootstrap(p)
     p.add_argument("--json", action="store_true", help="print mean, n, interval and per-image cosines as JSON")
@@ -71,6 +74,7 @@ def register(sub) -> None:
     p = command(sub, "submit", run_submit)
     p.add_argument("images_dir", help="folder of images")
     p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
+    p.add_argument("--prompts-out", default=None, help="also write imgId,prompt for every image to this CSV")
 
     p = command(sub, "eval", run_eval)
     p.add_argument("table", help="CSV/parquet with image (path, relative to the file) and prompt columns")

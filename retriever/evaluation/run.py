@@ -12,10 +12,11 @@ from tqdm.auto import tqdm
 
 from retriever.errors import UnpromptError
 from retriever.evaluation.metric import Score, metric_embed, row_cosines, summarise
-from retriever.evaluation.tables import ScoreInputError, align, read_pairs, read_predictions, read_truth, write_long
+from retriever.evaluation.tables import (Prompts, ScoreInputError, align, read_pairs, read_predictions, read_truth,
+                                         write_long, write_short)
 from retriever.files import check_output_file
+from retriever.images import list_images
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DEFAULT_CONSTANT_PROMPT = "a highly detailed digital painting of a beautiful landscape, trending on artstation, 8k"
 
 
@@ -30,24 +31,15 @@ def score_files(truth_path: str | Path, pred_path: str | Path, bootstrap: int = 
     truth = read_truth(truth_path)
     pred = read_predictions(pred_path)
     positions = align(truth, pred)
-    truth_emb = metric_embed(truth.prompts)
-    if pred.prompts is not None:
-        pred_emb = metric_embed([pred.prompts[i] for i in positions])
-    else:
-        assert pred.vectors is not None
-        pred_emb = pred.vectors[positions]
-    cos = row_cosines(pred_emb, truth_emb)
+    cos = row_cosines(_embeddings(pred, positions), _embeddings(truth, list(range(len(truth.ids)))))
     return ScoreResult(summarise(cos, bootstrap, seed), truth.ids, cos)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UnpromptError(f"{folder}: not a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise UnpromptError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return images
+def _embeddings(table: Prompts, rows: list[int]) -> np.ndarray:
+    if table.prompts is not None:
+        return metric_embed([table.prompts[i] for i in rows])
+    assert table.vectors is not None
+    return table.vectors[rows]
 
 
 def seed_everything(seed: int) -> None:
@@ -58,29 +50,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool = True) -> int:
-    """Interrogate every image of a folder and write Kaggle's long submission; refuses if any image is bad.
-
-    The output is checked before any image is processed, and written atomically."""
+def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool = True,
+           prompts_out: str | Path | None = None) -> int:
+    """Interrogate every image of a folder and write Kaggle's long submission (and, with ``prompts_out``, the
+    prompts as imgId,prompt); refuses if any image is bad. Outputs are checked first and written atomically."""
     from retriever.images import load_image
 
     out = check_output_file(out, "--out")
+    prompts_path = check_output_file(prompts_out, "--prompts-out") if prompts_out else None
     paths = list_images(images_dir)
     ids = [p.stem for p in paths]
     dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
         raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
-    vectors, bad = [], []
+    vectors, prompts, bad = [], [], []
     for path in tqdm(paths, desc="submit", unit="img", disable=not progress):
         try:
             image = load_image(path)
         except UnpromptError as exc:
             bad.append(str(exc))
             continue
-        vectors.append(interrogator.interrogate([image])[0].embedding)
+        result = interrogator.interrogate(image)
+        vectors.append(result.embedding)
+        prompts.append(result.prompt)
     if bad:
         raise ScoreInputError("no submission written; these images could not be read:\n  " + "\n  ".join(bad))
     write_long(out, ids, np.stack(vectors))
+    if prompts_path:
+        write_short(prompts_path, ids, prompts)
     return len(ids)
 
 
@@ -119,7 +116,7 @@ def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = 
     per_stage: dict[str, list[float]] = {}
     timings: dict[str, list[float]] = {}
     for path, truth, t_emb in tqdm(list(zip(paths, truths, truth_emb)), desc="eval", unit="img", disable=not progress):
-        result = interrogator.interrogate([load_image(path)])[0]
+        result = interrogator.interrogate(load_image(path))
         row = EvalRow(str(path), truth, result.prompt, result.retrieval_prompt)
         named = {"retrieval": result.stage_embeddings["retrieval"], "assembled": result.stage_embeddings["prompt"]}
         if "regressor" in result.stage_embeddings:

@@ -59,13 +59,19 @@ def _no_duplicates(ids: list[str], what: str) -> None:
 
 
 @dataclass
-class Truth:
+class Prompts:
+    """Ground truth or predictions: prompts (short format) or their 384-d embeddings (Kaggle's long format)."""
+
     ids: list[str]
-    prompts: list[str]
+    prompts: list[str] | None  # short format
+    vectors: np.ndarray | None  # long format, (n, 384), rows in `ids` order
 
 
-def read_truth(path: str | Path) -> Truth:
+def read_truth(path: str | Path) -> Prompts:
+    """imgId,prompt, or the long format (Kaggle's sample_submission.csv holds the true prompts' embeddings)."""
     frame = read_table(path)
+    if "imgId_eId" in frame.columns:
+        return read_predictions(path)
     _require(frame, ["imgId", "prompt"], path)
     _not_empty(frame, path)
     ids = [str(i) for i in frame["imgId"].to_list()]
@@ -74,17 +80,10 @@ def read_truth(path: str | Path) -> Truth:
     if nulls:
         raise ScoreInputError(f"{path}: empty prompt for ids: {_ids(nulls)}")
     _no_duplicates(ids, f"ground truth {path}")
-    return Truth(ids, [str(p) for p in prompts])
+    return Prompts(ids, [str(p) for p in prompts], None)
 
 
-@dataclass
-class Predictions:
-    ids: list[str]
-    prompts: list[str] | None  # short format
-    vectors: np.ndarray | None  # long format, (n, 384), rows in `ids` order
-
-
-def read_predictions(path: str | Path) -> Predictions:
+def read_predictions(path: str | Path) -> Prompts:
     frame = read_table(path)
     if "imgId_eId" in frame.columns:
         _require(frame, ["imgId_eId", "val"], path)
@@ -95,10 +94,10 @@ def read_predictions(path: str | Path) -> Predictions:
     ids = [str(i) for i in frame["imgId"].to_list()]
     _no_duplicates(ids, f"predictions {path}")
     prompts = frame["prompt"].to_list()
-    return Predictions(ids, ["" if p is None else str(p) for p in prompts], None)
+    return Prompts(ids, ["" if p is None else str(p) for p in prompts], None)
 
 
-def _long(frame: pl.DataFrame, path) -> Predictions:
+def _long(frame: pl.DataFrame, path) -> Prompts:
     split = frame.select(
         pl.col("imgId_eId").str.extract(r"^(.*)_(\d+)$", 1).alias("imgId"),
         pl.col("imgId_eId").str.extract(r"^(.*)_(\d+)$", 2).cast(pl.Int64, strict=False).alias("eId"),
@@ -124,10 +123,10 @@ def _long(frame: pl.DataFrame, path) -> Predictions:
     ordered = split.sort(["imgId", "eId"])
     ids = ordered["imgId"].unique(maintain_order=True).to_list()
     vectors = ordered["val"].to_numpy().reshape(len(ids), EMBED_DIM).astype(np.float32)
-    return Predictions(ids, None, vectors)
+    return Prompts(ids, None, vectors)
 
 
-def align(truth: Truth, pred: Predictions) -> list[int]:
+def align(truth: Prompts, pred: Prompts) -> list[int]:
     """Positions in `pred` for each truth id; refuses mismatched id sets, naming the ids."""
     t, p = set(truth.ids), set(pred.ids)
     problems = []
@@ -149,6 +148,13 @@ def write_long(path: str | Path, ids: list[str], vectors: np.ndarray) -> None:
     vals = np.asarray(vectors, dtype=np.float32)[order].reshape(-1)
     with atomic_write(path) as tmp:
         pl.DataFrame({"imgId_eId": keys, "val": vals}).write_csv(tmp, float_precision=7)
+
+
+def write_short(path: str | Path, ids: list[str], prompts: list[str]) -> None:
+    """imgId,prompt rows, ids sorted (atomic write)."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    with atomic_write(path) as tmp:
+        pl.DataFrame({"imgId": [ids[i] for i in order], "prompt": [prompts[i] for i in order]}).write_csv(tmp)
 
 
 def read_pairs(table: str | Path, image_column: str = "image", prompt_column: str = "prompt") -> tuple[list[Path], list[str]]:
