@@ -23,7 +23,9 @@ def chromium_page():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+            context.grant_permissions(["clipboard-read", "clipboard-write"])
+            page = context.new_page()
             problems: list[str] = []
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
