@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0, description="how long the first request of a batch waits for company")
     shutdown_timeout_s: float = Field(default=10.0, gt=0,
                                       description="on SIGTERM, how long open requests may finish before they are cut")
-    verify_checksums: bool = Field(default=True, description="check index files against their build record at start-up")
+    verify_checksums: bool = Field(default=False, description="SHA-256 every index file at start-up (sizes are always "
+                                                              "checked; `unprompt verify INDEX` checks checksums)")
     log_json: bool = True
 
     @field_validator("api_key")

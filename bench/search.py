@@ -70,7 +70,15 @@ def main() -> int:
     ap.add_argument("--rescore", default="4,10")
     ap.add_argument("--noise", type=float, default=0.35, help="weight of each vector's own random direction")
     ap.add_argument("--workdir", default="/tmp/unprompt-search-bench")
+    ap.add_argument("--index-of", default=None, metavar="WORKDIR",
+                    help="instead: search the index that bench/build_index.py built in WORKDIR (e.g. its 20M run) "
+                         "with held-out queries, and report p50/p99 latency and recall@k against exact search")
     args = ap.parse_args()
+    if args.index_of:
+        from build_index import search_report
+
+        print(search_report(Path(args.index_of), args.queries, args.k))
+        return 0
 
     import faiss
 

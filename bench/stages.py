@@ -38,7 +38,8 @@ def random_clip_interrogator(k: int, n_texts: int):
     import faiss
 
     from retriever.encoders.clip import ClipSpace
-    from retriever.index import BuildRecord, TextIndex
+    from retriever.index import TextIndex
+    from retriever.index_files import BuildRecord
     from retriever.pipeline import Interrogator
     from retriever.profile import load_profile
 

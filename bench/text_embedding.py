@@ -31,7 +31,10 @@ def prompt_like_texts(n_components: int, n_captions: int, seed: int = 0) -> list
     from synthetic import synthetic_prompts
 
     rng = np.random.default_rng(seed)
-    pool = [t for st in read_manifest(load_manifest("components.toml")) for t in st.texts]
+    import tempfile
+
+    staged = read_manifest(load_manifest("components.toml"), Path(tempfile.mkdtemp()), 8192)
+    pool = [t for st in staged for t in st.all_texts()]
     components = [pool[i] for i in rng.choice(len(pool), n_components, replace=False)]
     texts = components + synthetic_prompts(n_captions, seed)
     rng.shuffle(texts)

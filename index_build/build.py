@@ -1,7 +1,9 @@
 """Orchestrator: manifest -> texts -> embeddings (sharded, resumable) -> FAISS index -> index directory.
 
-The directory is committed by one rename of ``build.json``; files of older builds and
-shards no longer referenced are removed after the commit.
+Every stage streams: texts are staged as parquet parts, embedded one shard at a time, copied shard by shard
+into a memory-mapped float16 file, and added to FAISS in chunks; the metadata is written by polars'
+streaming engine. Peak memory is the FAISS index itself plus bounded buffers and 8 bytes a row of dedup
+keys. The directory format, and its commit by one rename of ``build.json``, is ``retriever.index_files``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,13 +26,14 @@ from index_build.choose import IndexChoice, choose_index
 from index_build.faiss_build import check_trainable, fill, new_index, sample_rows, set_nprobe, train
 from index_build.manifest import Manifest
 from index_build.options import BuildOptions
-from index_build.read import SourceTexts, dedup_across, read_manifest
+from index_build.read import SourceTexts, read_manifest
 from retriever.encoders.base import TextEncoder, l2_normalize
 from retriever.errors import ManifestError, UnpromptError
-from retriever.files import TMP_SUFFIX, atomic_write, write_bytes_atomic
-from retriever.index import RECORD_NAME, BuildRecord, FileEntry, SourceEntry, sha256_file
+from retriever.index_files import BuildRecord, IndexWriter, SourceEntry
 
 SHARD_DIR = ".shards"
+TEXT_DIR = ".texts"
+ADD_CHUNK = 65536
 
 
 @dataclass
@@ -77,129 +79,131 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
     opts = options or BuildOptions()
     out = Path(out)
     timings: dict[str, float] = {}
+    stage = opts.on_stage or (lambda name: None)
     with _exclusive(out):
+        stage("read")
         t = time.perf_counter()
-        sources = read_manifest(manifest)
-        keep = dedup_across(sources, manifest.dedup.near)
+        sources = read_manifest(manifest, out / TEXT_DIR, opts.shard_size, opts.progress)
         timings["read_s"] = time.perf_counter() - t
         # rows grouped by kind, in the order kinds first appear in the manifest
         kinds: list[str] = list(dict.fromkeys(st.source.kind for st in sources))
-        ordered = [(st, rows) for kind in kinds for st, rows in zip(sources, keep) if st.source.kind == kind]
-        n = sum(len(rows) for _, rows in ordered)
+        ordered = [st for kind in kinds for st in sources if st.source.kind == kind]
+        n = sum(st.count for st in ordered)
         if n == 0:
             raise ManifestError(f"manifest {manifest.name!r} yields no texts after filtering")
-        choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory)
+        choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory,
+                              opts.gpu)
         check_trainable(new_index(encoder.dim, choice), n)  # a bad factory or too few texts: refused before embedding
 
+        stage("embed")
         t = time.perf_counter()
         shard_root = out / SHARD_DIR
-        embedded = embedding.embed_sources(
-            sources, encoder, shard_root, opts.shard_size, runner=opts.runner, progress=opts.progress
-        )
+        embedded = embedding.embed_sources(sources, encoder, shard_root, opts.shard_size, runner=opts.runner,
+                                           progress=opts.progress)
         for extra in rerank_encoders:
-            extra_counts = embedding.embed_sources(
-                sources, extra, shard_root, opts.shard_size, progress=opts.progress
-            )
-            for name, count in extra_counts.items():
+            for name, count in embedding.embed_sources(sources, extra, shard_root, opts.shard_size,
+                                                       progress=opts.progress).items():
                 embedded[name] += count
         timings["embed_s"] = time.perf_counter() - t
 
-
-        def chunks(model_id: str = encoder.model_id) -> Iterator[np.ndarray]:
-            for st, rows in ordered:
-                vectors = embedding.load_source_vectors(shard_root, model_id, st, opts.shard_size)
-                yield l2_normalize(vectors[rows].astype(np.float32))
+        def blocks(model_id: str = encoder.model_id) -> Iterator[np.ndarray]:
+            for st in ordered:
+                for shard in embedding.source_vectors(shard_root, model_id, st, opts.shard_size):
+                    yield l2_normalize(shard.astype(np.float32))
 
         build_id = hashlib.sha256(
             json.dumps([manifest.digest(), encoder.model_id, [e.model_id for e in rerank_encoders], choice.factory,
-                        [(st.source.name, st.content_hash) for st, _ in ordered]]).encode()
+                        [(st.source.name, st.content_hash) for st in ordered]]).encode()
         ).hexdigest()[:12]
+        writer = IndexWriter(out, build_id)
 
-        t = time.perf_counter()
         index = new_index(encoder.dim, choice)
-        vec_path = out / f".vectors-{build_id}.npy.tmp"
-        vectors_mm = None
-        if not choice.exact:
-            vectors_mm = _write_rows(vec_path, n, encoder.dim, chunks())
-            train(index, vectors_mm[sample_rows(n)].astype(np.float32))
-        timings["train_s"] = time.perf_counter() - t
-
+        stage("train" if not choice.exact else "add")
         t = time.perf_counter()
-        if vectors_mm is not None:
-            fill(index, (vectors_mm[s : s + 65536] for s in range(0, n, 65536)))
-        else:
-            fill(index, chunks())
+        if choice.exact:
+            fill(index, blocks())
+        else:  # the vectors go to disk first: IVF trains on a sample of them, then adds them in chunks
+            with writer.file("vectors", ".npy") as tmp:
+                _write_rows(tmp, n, encoder.dim, blocks())
+                train(index, _sample_rows(tmp, sample_rows(n)))
+                timings["train_s"] = time.perf_counter() - t
+                stage("add")
+                t = time.perf_counter()
+                fill(index, (block for _, block in _read_rows(tmp)))
         set_nprobe(index, choice.nprobe)
         timings["add_s"] = time.perf_counter() - t
 
+        stage("write")
         t = time.perf_counter()
-        texts, kinds_col, source_col, kind_ranges, source_entries = [], [], [], {}, []
-        for st, rows in ordered:
-            start = len(texts)
-            texts.extend(st.texts[i] for i in rows)
-            kinds_col.extend([st.source.kind] * len(rows))
-            source_col.extend([st.source.name] * len(rows))
-            lo, hi = kind_ranges.get(st.source.kind, (start, start))
-            kind_ranges[st.source.kind] = (min(lo, start), len(texts))
-            source_entries.append(SourceEntry(name=st.source.name, kind=st.source.kind,
-                                              content_hash=st.content_hash, count=len(rows)))
-        files: dict[str, FileEntry] = {}
-
-        def commit_file(role: str, final_name: str) -> None:
-            final = out / final_name
-            files[role] = FileEntry(path=final_name, bytes=final.stat().st_size, sha256=sha256_file(final))
-
-        with atomic_write(out / f"index-{build_id}.faiss") as tmp:
+        with writer.file("index", ".faiss") as tmp:
             faiss.write_index(index, str(tmp))
-        commit_file("index", f"index-{build_id}.faiss")
-        with atomic_write(out / f"meta-{build_id}.parquet") as tmp:
-            pl.DataFrame({"text": texts, "kind": kinds_col, "source": source_col}).write_parquet(tmp)
-        commit_file("meta", f"meta-{build_id}.parquet")
-        if vectors_mm is not None:
-            del vectors_mm
-            vec_path.replace(out / f"vectors-{build_id}.npy")
-            commit_file("vectors", f"vectors-{build_id}.npy")
+        del index
+        with writer.file("meta", ".arrow") as tmp:
+            pl.concat([pl.scan_parquet(st.parts()).select(
+                "text", pl.lit(st.source.kind, pl.Categorical).alias("kind"),
+                pl.lit(st.source.name, pl.Categorical).alias("source"))
+                for st in ordered]).sink_ipc(tmp)
         rerank_caches: dict[str, str] = {}
         for extra in rerank_encoders:
             role = f"rerank-{embedding.model_key(extra.model_id)}"
-            with atomic_write(out / f"{role}-{build_id}.npy") as tmp:
-                _write_rows(tmp, n, extra.dim, chunks(extra.model_id))  # flushed; the map closes when dropped
-            commit_file(role, f"{role}-{build_id}.npy")
+            with writer.file(role, ".npy") as tmp:
+                _write_rows(tmp, n, extra.dim, blocks(extra.model_id))
             rerank_caches[extra.model_id] = role
         timings["write_s"] = time.perf_counter() - t
 
-        record = BuildRecord(
+        starts = np.cumsum([0] + [st.count for st in ordered])
+        kind_ranges = {k: (int(min(starts[i] for i, st in enumerate(ordered) if st.source.kind == k)),
+                           int(max(starts[i + 1] for i, st in enumerate(ordered) if st.source.kind == k)))
+                       for k in kinds}
+        record = writer.commit(BuildRecord(
             build_id=build_id, name=manifest.name, model_id=encoder.model_id, dim=encoder.dim, count=n,
-            factory=choice.factory, exact=choice.exact, rerank_caches=rerank_caches, kinds=kind_ranges, files=files, sources=source_entries,
+            factory=choice.factory, exact=choice.exact, rerank_caches=rerank_caches, kinds=kind_ranges, files={},
+            sources=[SourceEntry(name=st.source.name, kind=st.source.kind, content_hash=st.content_hash,
+                                 count=st.count) for st in ordered],
             manifest_hash=manifest.digest(), timings_s={k: round(v, 3) for k, v in timings.items()},
             versions=_versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        )
-        write_bytes_atomic(out / RECORD_NAME, record.model_dump_json(indent=2).encode())  # the commit point
-        for model_id in [encoder.model_id, *(e.model_id for e in rerank_encoders)]:
-            _collect_garbage(out, build_id, shard_root, model_id, [st for st, _ in ordered])
+        ), keep_dirs=_work_in_use(shard_root, ordered, [encoder, *rerank_encoders]))
+        stage("done")
         return BuildReport(out, record, embedded, choice, timings)
 
 
-def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[np.ndarray]) -> np.ndarray:
-    """Stream row blocks into a float16 .npy file; returns it memory-mapped."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
-    offset = 0
-    for block in blocks:
-        array[offset : offset + len(block)] = block
-        offset += len(block)
-    array.flush()
-    return array
+def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[np.ndarray]) -> None:
+    """Stream row blocks into a float16 .npy file with plain writes: no memory map, so the file's pages are
+    the page cache's, never the build's resident memory."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": (n, dim)}
+    written = 0
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, header)
+        for block in blocks:
+            f.write(np.ascontiguousarray(block, dtype=np.float16).tobytes())
+            written += len(block)
+    if written != n:
+        raise UnpromptError(f"wrote {written} vectors to {path.name}, expected {n}")
 
 
-def _collect_garbage(out: Path, build_id: str, shard_root: Path, model_id: str, used: list[SourceTexts]) -> None:
-    for path in out.iterdir():
-        stale_file = path.name.split("-", 1)[0] in ("index", "meta", "vectors", "rerank") and build_id not in path.name
-        leftover_tmp = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)  # from a killed build
-        if path.is_file() and (stale_file or leftover_tmp):
-            path.unlink(missing_ok=True)
-    model_dir = shard_root / embedding.model_key(model_id)
-    wanted = {embedding.source_shard_dir(shard_root, model_id, st).name for st in used}
-    if model_dir.is_dir():
-        for d in model_dir.iterdir():
-            if d.is_dir() and d.name not in wanted:
-                shutil.rmtree(d, ignore_errors=True)
+def _read_rows(path: Path, chunk: int = ADD_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 block) of a float16 .npy file, read in order with plain reads."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+        for start in range(0, shape[0], chunk):
+            rows = min(chunk, shape[0] - start)
+            yield start, np.fromfile(f, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1]).astype(np.float32)
+
+
+def _sample_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """The given (sorted) rows of a float16 .npy file, as float32, in one sequential pass."""
+    picked = []
+    for start, block in _read_rows(path):
+        inside = rows[(rows >= start) & (rows < start + len(block))]
+        picked.append(block[inside - start])
+    return np.concatenate(picked)
+
+
+def _work_in_use(shard_root: Path, used: list[SourceTexts], encoders: Sequence[TextEncoder]) -> dict[str, set[str]]:
+    """What the work folders must keep after a commit: the staged texts and shards of this build's sources."""
+    keep = {TEXT_DIR: {st.directory.name for st in used}}
+    for enc in encoders:
+        keep[f"{SHARD_DIR}/{embedding.model_key(enc.model_id)}"] = {embedding.source_shard_dir(shard_root, enc.model_id, st).name for st in used}
+    return keep

@@ -74,9 +74,17 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 @dataclass(frozen=True)
 class ShardJob:
+    """One shard to embed: the texts of one staged part, read when the job runs (never all at once)."""
+
     source: str
-    path: Path
-    texts: list[str]
+    path: Path  # where the shard goes
+    part: Path  # the staged texts
+    rows: int
+
+    def texts(self) -> list[str]:
+        import polars as pl
+
+        return pl.read_parquet(self.part)["text"].to_list()
 
 
 class Runner(Protocol):
@@ -91,7 +99,7 @@ class LocalRunner:
 
     def run(self, jobs: list[ShardJob]) -> Iterator[tuple[ShardJob, np.ndarray]]:
         for job in jobs:
-            yield job, np.asarray(self.embed(job.texts))
+            yield job, np.asarray(self.embed(job.texts()))
 
 
 def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard_size: int) -> list[ShardJob]:
@@ -99,9 +107,9 @@ def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard
     jobs = []
     for st in sources:
         directory = source_shard_dir(shard_root, model_id, st)
-        for i in missing_shards(directory, len(st.texts), shard_size):
-            jobs.append(ShardJob(st.source.name, directory / f"{i:06d}.npy",
-                                 st.texts[i * shard_size : (i + 1) * shard_size]))
+        for i in missing_shards(directory, st.count, shard_size):
+            jobs.append(ShardJob(st.source.name, directory / f"{i:06d}.npy", st.part(i),
+                                 min(shard_size, st.count - i * shard_size)))
     return jobs
 
 
@@ -118,28 +126,27 @@ def embed_sources(
     Returns the number of texts embedded per source (0 = all reused)."""
     jobs = plan_jobs(sources, encoder.model_id, shard_root, shard_size)
     embedded = {st.source.name: 0 for st in sources}
-    total = sum(len(j.texts) for j in jobs)
+    total = sum(j.rows for j in jobs)
     for job in jobs:
         job.path.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=total, unit="text", unit_scale=True, desc=f"embed ({encoder.model_id})",
               disable=not progress or total == 0, smoothing=0.1) as bar:
         for job, vectors in (runner or LocalRunner(encoder.encode_text)).run(jobs):
             vectors = np.asarray(vectors, dtype=np.float16)
-            if vectors.shape != (len(job.texts), encoder.dim):
-                raise IndexIntegrityError(f"encoder returned {vectors.shape} for {len(job.texts)} texts of dim {encoder.dim}")
+            if vectors.shape != (job.rows, encoder.dim):
+                raise IndexIntegrityError(f"encoder returned {vectors.shape} for {job.rows} texts of dim {encoder.dim}")
             _save_shard(job.path, vectors)
-            embedded[job.source] += len(job.texts)
+            embedded[job.source] += job.rows
             bar.set_postfix_str(job.source)
-            bar.update(len(job.texts))
+            bar.update(job.rows)
     return embedded
 
 
-def load_source_vectors(shard_root: Path, model_id: str, st: SourceTexts, shard_size: int) -> np.ndarray:
+def source_vectors(shard_root: Path, model_id: str, st: SourceTexts, shard_size: int) -> Iterator[np.ndarray]:
+    """A source's vectors, one shard at a time (float16, in row order)."""
     directory = source_shard_dir(shard_root, model_id, st)
-    parts = [np.load(directory / f"{i:06d}.npy") for i in range(shard_count(len(st.texts), shard_size))]
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float16)
-    out = np.concatenate(parts)
-    if len(out) != len(st.texts):
-        raise IndexIntegrityError(f"shards of {st.source.name} hold {len(out)} vectors for {len(st.texts)} texts")
-    return out
+    for i in range(shard_count(st.count, shard_size)):
+        shard = np.load(directory / f"{i:06d}.npy")
+        if len(shard) != min(shard_size, st.count - i * shard_size):
+            raise IndexIntegrityError(f"shard {i} of {st.source.name} holds {len(shard)} vectors; rebuild")
+        yield shard

@@ -6,12 +6,15 @@ A manifest is TOML (or YAML) like::
 
     [[sources]]
     name = "artists"
-    path = "pkg:data_manifests/clip_interrogator/artists.txt"   # file, glob, or pkg:<package>/<file>
+    path = "pkg:data_manifests/clip_interrogator/artists.txt"   # file, glob, pkg:<package>/<file>, or a URL
+                                                      # (hf://datasets/..., https://..., s3://..., globs too)
     kind = "artist"                                   # caption | subject | medium | movement | artist | flavour ...
     template = "by {}"                                # optional
     min_chars = 2
     max_chars = 200
     blocked_words = ["nsfw"]
+    rows = 5300                                       # estimate for `setup --dry-run`
+    license = "MIT"
 
     [dedup]
     near = false                                      # also drop texts equal up to case and punctuation
@@ -47,6 +50,23 @@ class Source(_Strict):
     max_chars: int = Field(default=500, ge=1)
     blocked_words: list[str] = []
     limit: int | None = Field(default=None, ge=1, description="read at most this many rows (samples, tests)")
+    dataset: str | None = Field(default=None, description="Hugging Face dataset repo; `path` is then inside it")
+    revision: str = Field(default="main", description="dataset revision: branch, tag or commit")
+    explode: bool = Field(default=False, description="the column holds lists of texts: one row per text")
+    transform: Literal["none", "components"] = Field(
+        default="none", description="components: split each text on `split_on`, keep fragments seen min_count times, "
+                                    "most frequent first")
+    split_on: str = ","
+    min_count: int = Field(default=1, ge=1)
+    rows: int | None = Field(default=None, ge=0, description="rows the source holds (an estimate, for --dry-run)")
+    license: str = ""
+
+    @property
+    def location(self) -> str:
+        """The path, or for a dataset source its hf:// URL."""
+        from index_build.remote import dataset_url
+
+        return dataset_url(self.dataset, self.revision, self.path) if self.dataset else self.path
 
     @field_validator("template")
     @classmethod
@@ -63,6 +83,7 @@ class Dedup(_Strict):
 class Manifest(_Strict):
     name: str
     description: str = ""
+    license: str = ""
     sources: list[Source] = Field(min_length=1)
     dedup: Dedup = Dedup()
     base_dir: str = ""
@@ -118,8 +139,13 @@ def load_manifest(value: str | Path) -> Manifest:
         raise ManifestError(f"manifest {path} is invalid:\n{format_validation_error(exc)}") from None
 
 
-def source_files(source: Source, base_dir: str) -> list[Path]:
-    """Expand a source's path: pkg:<package>/<file>, a glob, or a plain path relative to the manifest."""
+def source_files(source: Source, base_dir: str) -> list[str]:
+    """Expand a source's path: pkg:<package>/<file>, a URL (see index_build.remote), a glob, or a plain path
+    relative to the manifest."""
+    from index_build.remote import expand, is_remote
+
+    if source.dataset or is_remote(source.path):
+        return expand(source.location, source.name)
     if source.path.startswith("pkg:"):
         target = package_file(source.path[4:])
         if target is None:
@@ -129,13 +155,13 @@ def source_files(source: Source, base_dir: str) -> list[Path]:
             )
         if not target.is_file():
             raise ManifestError(f"source {source.name!r}: {source.path} does not exist")
-        return [target]
+        return [str(target)]
     if "://" in source.path:
-        raise ManifestError(f"source {source.name!r}: remote paths ({source.path}) are not supported; download it first")
+        raise ManifestError(f"source {source.name!r}: unknown URL scheme in {source.path}")
     pattern = Path(source.path).expanduser()
     if not pattern.is_absolute():
         pattern = Path(base_dir) / pattern
-    files = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    files = sorted(p for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
     if not files:
         raise ManifestError(f"source {source.name!r}: no files match {pattern}")
     return files
@@ -157,10 +183,11 @@ def package_file(spec: str) -> Path | None:
     return target
 
 
-def source_format(source: Source, path: Path) -> str:
+def source_format(source: Source, path: str) -> str:
     if source.format != "auto":
         return source.format
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    name = path.rsplit("/", 1)[-1].split("?")[0]
+    fmt = _SUFFIX_FORMATS.get(Path(name).suffix.lower())
     if fmt is None:
-        raise ManifestError(f"source {source.name!r}: cannot tell the format of {path.name}; set format = ...")
+        raise ManifestError(f"source {source.name!r}: cannot tell the format of {name}; set format = ...")
     return fmt

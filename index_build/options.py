@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 GiB = 1 << 30
 DEFAULT_SHARD_SIZE = 8192
@@ -17,5 +17,7 @@ class BuildOptions:
     factory: str | None = None  # FAISS factory string, overriding the automatic choice
     reduce_to: int | None = None  # PCA dimensions before IVF-PQ
     opq: bool = False
+    gpu: bool = False  # the index will be searched on GPUs: no fast-scan codes (they have no GPU kernel)
     progress: bool = True
     runner: Any = None  # an index_build.embed.Runner; default: embed in this process
+    on_stage: Callable[[str], None] | None = None  # told as each stage starts (read, embed, train, add, write, done)

@@ -49,7 +49,7 @@ class RayRunner:
         while queue or pending:
             while queue and idle:
                 job, actor = queue.pop(0), idle.pop()
-                pending[actor.embed.remote(job.texts)] = (job, actor)
+                pending[actor.embed.remote(job.texts())] = (job, actor)
             done, _ = ray.wait(list(pending), num_returns=1)
             job, actor = pending.pop(done[0])
             idle.append(actor)

@@ -9,7 +9,7 @@ from index_build.build import BuildOptions, build_index
 from index_build.manifest import load_manifest
 from retriever.encoders import create_space, text_tower
 from retriever.errors import IndexIntegrityError
-from retriever.index import read_record, verify_files
+from retriever.index_files import RECORD_NAME, read_record, verify_files
 from retriever.paths import index_dir
 from retriever.profile import Profile
 
@@ -49,11 +49,15 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
     for ref in profile.retrieve.indexes:
         directory = index_dir(ref.name)
         if ref.manifest is None:
-            read_record(directory)  # raises a clear error when a manifest-less index is missing
+            if not (directory / RECORD_NAME).is_file():
+                raise IndexIntegrityError(
+                    f"profile {profile.name} names index {ref.name} without a manifest, and there is none at "
+                    f"{directory}: build it with `unprompt build-index MANIFEST --profile {profile.name} "
+                    f"--out {directory}`, or give it a manifest in the profile")
             continue
         manifest = load_manifest(ref.manifest)
         space = space or create_space(profile.retrieve.space)
-        extras = rerank_towers(profile)
+        extras = rerank_towers(profile) if ref.rerank_vectors == "stored" else []
         if not force and index_is_current(directory, manifest.digest(), space.text_model_id,
                                           [e.model_id for e in extras]):
             record = read_record(directory)

@@ -1,106 +1,17 @@
-"""A text index on disk: FAISS vectors, parquet metadata, and a build record that vouches for both.
-
-Layout of an index directory (written by ``index_build``)::
-
-    build.json                  the record; written last, by one rename, so it is the commit point
-    index-<build_id>.faiss      FAISS index, inner product over unit vectors
-    meta-<build_id>.parquet     one row per vector: text, kind, source
-    vectors-<build_id>.npy      optional float16 copy of the vectors (exact rescoring, rerank cache)
-
-Rows are grouped by kind; ``kinds`` in the record gives each kind's [start, end) row range,
-so a search can be limited to one kind without a second index.
-"""
+"""A text index, loaded for search: FAISS vectors, the texts of its rows, stored vectors for exact rescoring
+and rerank caches. The directory format (schema, file names, writer, checks) is ``retriever.index_files``."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
 
 from retriever.errors import IndexIntegrityError
-
-RECORD_NAME = "build.json"
-FORMAT_VERSION = 1
-
-
-class FileEntry(BaseModel):
-    path: str
-    bytes: int
-    sha256: str
-
-
-class SourceEntry(BaseModel):
-    name: str
-    kind: str
-    content_hash: str
-    count: int
-
-
-class BuildRecord(BaseModel):
-    format: int = FORMAT_VERSION
-    build_id: str
-    name: str
-    model_id: str
-    dim: int
-    count: int
-    factory: str
-    exact: bool = True
-    metric: Literal["ip"] = "ip"
-    rerank_caches: dict[str, str] = {}  # model id -> role in `files` of a float16 (count, dim') array
-    kinds: dict[str, tuple[int, int]]
-    files: dict[str, FileEntry]
-    sources: list[SourceEntry]
-    manifest_hash: str = ""
-    timings_s: dict[str, float] = {}
-    versions: dict[str, str] = {}
-    created: str = ""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_record(directory: Path) -> BuildRecord:
-    path = directory / RECORD_NAME
-    if not path.is_file():
-        raise IndexIntegrityError(
-            f"no index at {directory} (missing {RECORD_NAME}); build it with `unprompt setup` "
-            "or `unprompt build-index MANIFEST --out DIR`"
-        )
-    try:
-        record = BuildRecord.model_validate_json(path.read_text(encoding="utf-8"))
-    except (ValidationError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexIntegrityError(f"index record {path} is corrupt: {str(exc).splitlines()[0]}") from None
-    if record.format != FORMAT_VERSION:
-        raise IndexIntegrityError(f"index {directory} has format {record.format}; this unprompt reads {FORMAT_VERSION}")
-    return record
-
-
-def verify_files(directory: Path, record: BuildRecord, checksums: bool = True) -> None:
-    """Sizes always, SHA-256 when ``checksums``: a mismatch means a truncated, corrupt or mixed index."""
-    for role, entry in record.files.items():
-        path = directory / entry.path
-        if not path.is_file():
-            raise IndexIntegrityError(f"index {directory}: {role} file {entry.path} is missing")
-        size = path.stat().st_size
-        if size != entry.bytes:
-            raise IndexIntegrityError(
-                f"index {directory}: {role} file {entry.path} has {size} bytes, the build record says {entry.bytes} "
-                "(truncated or replaced); rebuild the index"
-            )
-        if checksums and sha256_file(path) != entry.sha256:
-            raise IndexIntegrityError(
-                f"index {directory}: {role} file {entry.path} fails its SHA-256 check (corrupt); rebuild the index"
-            )
+from retriever.index_files import BuildRecord, read_record, verify_files
+from retriever.search_device import Preference, place
 
 
 @dataclass(frozen=True)
@@ -121,9 +32,17 @@ class TextIndex:
         self._texts, self._kinds, self._sources = meta["text"], meta["kind"], meta["source"]
         self.vectors = vectors
         self._caches: dict[str, np.ndarray] = {}
+        self.placed, self.exact_gpu, self.where = index, None, "faiss-cpu"
+
+    def place(self, prefer: Preference = "auto") -> "TextIndex":
+        """Search on the GPU(s) when this machine has them (``retriever.search_device`` decides); else the CPU."""
+        if prefer != "cpu":
+            self.placed, self.exact_gpu, self.where = place(self.index, self.vectors, prefer)
+        return self
 
     @classmethod
-    def load(cls, directory: str | Path, checksums: bool = True, mmap: bool = True) -> "TextIndex":
+    def load(cls, directory: str | Path, checksums: bool = False, mmap: bool = True) -> "TextIndex":
+        """Sizes are checked against the build record always; SHA-256 of every file with ``checksums``."""
         import faiss
         import polars as pl
 
@@ -138,10 +57,11 @@ class TextIndex:
                 index = faiss.read_index(str(directory / record.files["index"].path))
         except RuntimeError as exc:
             raise IndexIntegrityError(f"index {directory}: FAISS cannot read the index file ({str(exc)[:200]})") from None
+        meta_path = directory / record.files["meta"].path
         try:
-            meta = pl.read_parquet(directory / record.files["meta"].path)
+            meta = pl.read_parquet(meta_path) if meta_path.suffix == ".parquet" else pl.read_ipc(meta_path)
         except Exception as exc:  # polars raises several types for bad files
-            raise IndexIntegrityError(f"index {directory}: metadata parquet is unreadable ({exc})") from None
+            raise IndexIntegrityError(f"index {directory}: metadata file is unreadable ({exc})") from None
         vectors = _load_array(directory, record, "vectors", mmap) if "vectors" in record.files else None
         problems = []
         if index.ntotal != record.count:
@@ -184,12 +104,15 @@ class TextIndex:
         k = min(k, end - start)
         if k <= 0:
             return [[] for _ in range(len(q))]
+        if self.exact_gpu is not None:
+            scores, ids = self.exact_gpu.search(q, k, start, end)
+            return [[self.hit(int(i), float(s)) for s, i in zip(srow, irow)] for srow, irow in zip(scores, ids)]
         exact_scores = not self.record.exact and self.vectors is not None and rescore > 1
         fetch = min(k * rescore, end - start) if exact_scores else k
-        params = None
-        if kind is not None and (start, end) != (0, len(self)):
-            params = _search_params(self.index, faiss.IDSelectorRange(start, end, True))
-        scores, ids = self.index.search(q, fetch, params=params) if params is not None else self.index.search(q, fetch)
+        if (start, end) == (0, len(self)):  # the whole index: the placed one (on the GPU when there is one)
+            scores, ids = self.placed.search(q, fetch)
+        else:  # one kind's rows: a range selector, which only the CPU index takes
+            scores, ids = self.index.search(q, fetch, params=_search_params(self.index, faiss.IDSelectorRange(start, end, True)))
         out = []
         for qi, (srow, irow) in enumerate(zip(scores, ids)):
             valid = irow >= 0

@@ -16,7 +16,8 @@ from retriever.encoders.base import Space
 from retriever.encoders.minilm import sentence_encoder
 from retriever.errors import IndexIntegrityError, ProfileError
 from retriever.images import load_image
-from retriever.index import TextIndex, read_record
+from retriever.index import TextIndex
+from retriever.index_files import read_record
 from retriever.paths import index_dir, resolve_home_path
 from retriever.profile import BridgeSpaceSpec, Mode, Profile, load_profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
@@ -79,10 +80,10 @@ class _Timer:
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t) * 1000
 
 
-def load_indexes(profile: Profile, space: Space, checksums: bool = True) -> dict[str, TextIndex]:
+def load_indexes(profile: Profile, space: Space, checksums: bool = False) -> dict[str, TextIndex]:
     indexes = {}
     for ref in profile.retrieve.indexes:
-        index = TextIndex.load(index_dir(ref.name), checksums=checksums)
+        index = TextIndex.load(index_dir(ref.name), checksums=checksums).place(profile.retrieve.search)
         if index.record.model_id != space.text_model_id:
             raise IndexIntegrityError(
                 f"index {ref.name} was built with {index.record.model_id}, but profile {profile.name} retrieves "
@@ -109,12 +110,12 @@ class Interrogator:
         self.prior = Prior.build(profile.prior, indexes, self.text_embeddings, self._metric_embed, profile.name)
 
     @classmethod
-    def load(cls, profile: str | Profile | None = None, checksums: bool = True) -> "Interrogator":
+    def load(cls, profile: str | Profile | None = None, checksums: bool = False) -> "Interrogator":
         """The Python API's entry point: ``Interrogator.load("lite")`` (a built-in name, a .toml path or a Profile)."""
         return cls.from_profile(profile if isinstance(profile, Profile) else load_profile(profile), checksums)
 
     @classmethod
-    def from_profile(cls, profile: Profile, checksums: bool = True) -> "Interrogator":
+    def from_profile(cls, profile: Profile, checksums: bool = False) -> "Interrogator":
         for ref in profile.retrieve.indexes:  # a missing index is reported before any model loads
             read_record(index_dir(ref.name))
         retrieval = create_space(profile.retrieve.space)

@@ -57,12 +57,18 @@ SpaceSpec = Annotated[ClipSpaceSpec | BridgeSpaceSpec, Field(discriminator="kind
 class IndexRef(_Strict):
     name: str = Field(description="directory name under $UNPROMPT_HOME/indexes, or a path")
     manifest: str | None = Field(default=None, description="manifest that builds it (for `unprompt setup`)")
+    rerank_vectors: Literal["stored", "on_demand"] = Field(
+        default="stored", description="stored: every row's rerank-space vector is built beside the index; on_demand: "
+                                      "only the top-k candidates are embedded at query time (and remembered)")
 
 
 class RetrieveConfig(_Strict):
     space: SpaceSpec
     indexes: list[IndexRef] = Field(min_length=1)
     k: int = Field(default=60, ge=1, description="candidates per kind and index")
+    search: Literal["auto", "cpu", "gpu_exact"] = Field(
+        default="auto", description="auto: FAISS on the GPU(s) when there are some; gpu_exact: exhaustive float16 "
+                                    "torch.mm over the stored vectors on CUDA; cpu: always the CPU")
 
 
 class RerankConfig(_Strict):

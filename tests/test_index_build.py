@@ -12,9 +12,10 @@ from fakes import HashTextEncoder
 from index_build.build import BuildOptions, build_index
 from index_build.choose import choose_index
 from index_build.manifest import load_manifest
-from index_build.read import dedup_across, read_manifest
+from index_build.read import read_manifest
 from retriever.errors import IndexIntegrityError, ManifestError
-from retriever.index import RECORD_NAME, TextIndex, read_record
+from retriever.index import TextIndex
+from retriever.index_files import RECORD_NAME, read_record
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,7 +47,7 @@ def test_manifest_parsing_toml_and_yaml(tmp_path):
     (tmp_path / "m.yaml").write_text(
         "name: y\nsources:\n  - {name: c, path: caps/a.txt, kind: caption, blocked_words: [castle]}\n")
     y = load_manifest(tmp_path / "m.yaml")
-    texts = read_manifest(y)[0].texts
+    texts = read_manifest(y, tmp_path / "staged", 8192)[0].all_texts()
     assert texts and not any("castle" in t for t in texts)
     assert load_manifest("components.toml").sources[0].path.startswith("pkg:")  # shipped manifest by name
 
@@ -72,10 +73,10 @@ def test_manifest_errors(tmp_path, body, message):
 def test_missing_source_files_and_packages(tmp_path):
     (tmp_path / "m.toml").write_text("[[sources]]\nname = 'a'\npath = 'nothing/*.txt'\nkind = 'caption'\n")
     with pytest.raises(ManifestError, match="no files match"):
-        read_manifest(load_manifest(tmp_path / "m.toml"))
+        read_manifest(load_manifest(tmp_path / "m.toml"), tmp_path / "staged", 8192)
     (tmp_path / "p.toml").write_text("[[sources]]\nname = 'a'\npath = 'pkg:no_such_pkg/x.txt'\nkind = 'caption'\n")
     with pytest.raises(ManifestError, match="not installed"):
-        read_manifest(load_manifest(tmp_path / "p.toml"))
+        read_manifest(load_manifest(tmp_path / "p.toml"), tmp_path / "staged", 8192)
     with pytest.raises(ManifestError, match="not found"):
         load_manifest(tmp_path / "absent.toml")
 
@@ -86,12 +87,12 @@ def test_dedup_exact_and_near(tmp_path):
     (tmp_path / "b.txt").write_text("blue sky\nnew text\n")
     body = "[[sources]]\nname = 'a'\npath = 'a.txt'\nkind = 'caption'\n[[sources]]\nname = 'b'\npath = 'b.txt'\nkind = 'caption'\n"
     (tmp_path / "m.toml").write_text(body)
-    exact = read_manifest(load_manifest(tmp_path / "m.toml"))
-    assert exact[0].texts == ["A red fox", "a red fox!", "A Red Fox", "blue sky"]  # whitespace normalised first
-    assert [list(r) for r in dedup_across(exact)] == [[0, 1, 2, 3], [1]]  # "blue sky" already came from source a
+    exact = read_manifest(load_manifest(tmp_path / "m.toml"), tmp_path / "staged", 8192)
+    assert exact[0].all_texts() == ["A red fox", "a red fox!", "A Red Fox", "blue sky"]  # whitespace normalised first
+    assert exact[1].all_texts() == ["new text"]  # "blue sky" already came from source a
     (tmp_path / "n.toml").write_text(body + "[dedup]\nnear = true\n")
-    near = read_manifest(load_manifest(tmp_path / "n.toml"))
-    assert near[0].texts == ["A red fox", "blue sky"]
+    near = read_manifest(load_manifest(tmp_path / "n.toml"), tmp_path / "staged", 8192)
+    assert near[0].all_texts() == ["A red fox", "blue sky"]
 
 
 # ---------------------------------------------------------------- kill -9 and resume
@@ -160,13 +161,19 @@ def test_truncated_index_file_is_refused(built):
         TextIndex.load(built)
 
 
-def test_corrupt_index_file_is_refused(built):
+def test_corrupt_index_file_is_refused_by_verify(built):
+    from conftest import run_cli
+
+    assert run_cli("verify", str(built)).returncode == 0
     path = built / read_record(built).files["index"].path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(IndexIntegrityError, match="SHA-256"):
-        TextIndex.load(built)
+        TextIndex.load(built, checksums=True)
+    res = run_cli("verify", str(built))
+    assert res.returncode == 2 and "fails its SHA-256 check" in res.stderr
+    assert TextIndex.load(built).record.count  # a plain start checks sizes only: a same-size flip needs verify
 
 
 def test_corrupt_record_and_mismatched_counts_are_refused(built):

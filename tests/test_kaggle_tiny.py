@@ -40,8 +40,8 @@ def tiny_profile(tmp_path: Path, tiny) -> Path:
                         f'model = "unprompt-tiny-a", pretrained = "{a["checkpoint"]}", model_config_file = "{a["config"]}"')
     text = text.replace('model = "ViT-H-14", pretrained = "laion2b_s32b_b79k"',
                         f'model = "unprompt-tiny-b", pretrained = "{b["checkpoint"]}", model_config_file = "{b["config"]}"')
-    text = text.replace('{ name = "captions-bigG" }', f'{{ name = "captions-bigG", manifest = "{tmp_path / "captions.toml"}" }}')
-    text = text.replace('manifest = "components.toml"', f'manifest = "{tmp_path / "components.toml"}"')
+    text = text.replace('manifest = "captions.toml"', f'manifest = "{tmp_path / "captions.toml"}"')
+    text = text.replace('manifest = "components-1.6m.toml"', f'manifest = "{tmp_path / "components.toml"}"')
     text = text.replace("floor = 0.29", "floor = -1.0")  # random tiny models: keep every candidate
     assert data["retrieve"]["space"]["model"] == "ViT-bigG-14"
     path = tmp_path / "kaggle-tiny.toml"
@@ -125,8 +125,11 @@ def test_rerank_cache_means_known_texts_are_not_embedded(kaggle_tiny, tmp_path, 
     assert interrogator.rerank_space is not interrogator.retrieval_space
     result = interrogator.interrogate(load_image(EXAMPLES / "coffee.jpg"))
     n_tried = len(result.prompts)
-    # only the assembled prompts were new strings; every candidate text came from the rerank cache
-    assert interrogator.text_embeddings.computed <= n_tried
+    assert set(interrogator.text_embeddings.stored) == {"components-bigG"}  # captions: rerank vectors on demand
+    captions = {c.text for c in result.candidates if c.index == "captions-bigG"}
+    # new strings: the assembled prompts and the caption candidates; every component came from the stored cache
+    assert captions and captions <= set(interrogator.text_embeddings.memo)
+    assert interrogator.text_embeddings.computed <= n_tried + len(captions)
     assert all(c.rerank_score is not None for c in result.candidates)
 
 

@@ -82,3 +82,14 @@ def test_help_explains_with_an_example(command):
     assert res.returncode == 0
     assert "example" in res.stdout.lower()
     assert "usage: unprompt" in res.stdout
+
+
+def test_predict_with_no_readable_image_stops_before_loading_models(monkeypatch, tmp_path):
+    import retriever.pipeline
+
+    def no_models(*a, **k):
+        raise AssertionError("models loaded although no image can be read")
+
+    monkeypatch.setattr(retriever.pipeline.Interrogator, "load", no_models)
+    res = run_cli("predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"))
+    assert res.returncode == 2 and "no image to read" in res.stderr

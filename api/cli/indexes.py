@@ -15,7 +15,13 @@ def run_setup(args: argparse.Namespace) -> int:
     from index_build.setup import ensure_indexes
     from retriever.profile import load_profile
 
-    for r in ensure_indexes(load_profile(args.profile), force=args.force):
+    profile = load_profile(args.profile)
+    if args.dry_run:
+        from index_build.plan import describe, plan_setup
+
+        print(describe(plan_setup(profile)))
+        return 0
+    for r in ensure_indexes(profile, force=args.force):
         state = f"built in {r.seconds:.1f} s" if r.built else "up to date"
         print(f"index {r.name}: {r.count} texts, {state} ({r.path})")
     return 0
@@ -32,9 +38,13 @@ def run_build_index(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     profile = load_profile(args.profile)
     manifest = load_manifest(args.manifest)
+    import faiss
+
+    from retriever.search_device import faiss_gpus
+
     options = BuildOptions(shard_size=args.shard_size, memory_budget=int(args.memory_budget * GiB),
                            exact_max=args.exact_max, factory=args.factory, reduce_to=args.pca, opq=args.opq,
-                           progress=not args.quiet)
+                           progress=not args.quiet, gpu=faiss_gpus(faiss) > 0)
     encoder = text_tower(create_space(profile.retrieve.space))
     if args.ray is not None:
         from functools import partial
@@ -42,8 +52,11 @@ def run_build_index(args: argparse.Namespace) -> int:
         from index_build.ray_runner import RayRunner
         from retriever.encoders import text_tower_for
 
+        import torch
+
+        # each encoder actor asks Ray for a GPU when this machine has them (Ray places them across the cluster)
         options.runner = RayRunner(partial(text_tower_for, profile.retrieve.space), actors=args.ray_actors,
-                                   address=args.ray or None)
+                                   address=args.ray or None, num_gpus_per_actor=1 if torch.cuda.is_available() else 0)
     report = build_index(manifest, encoder, Path(out), options, rerank_encoders=rerank_towers(profile))
     rec = report.record
     print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
@@ -53,9 +66,26 @@ def run_build_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_verify(args: argparse.Namespace) -> int:
+    import time
+
+    from retriever.index import TextIndex
+    from retriever.paths import index_dir
+
+    path = Path(args.index) if Path(args.index).exists() else index_dir(args.index)
+    t = time.perf_counter()
+    index = TextIndex.load(path, checksums=True)
+    print(f"index {path}: {index.record.count} rows, {len(index.record.files)} files; sizes and SHA-256 match "
+          f"the build record ({time.perf_counter() - t:.1f} s)")
+    return 0
+
+
 def register(sub) -> None:
     p = command(sub, "setup", run_setup)
     p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list every index, manifest, source, row count, disk and RAM estimate and modelled GPU hours; "
+                        "build nothing")
 
     p = command(sub, "build-index", run_build_index)
     p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")
@@ -72,3 +102,6 @@ def register(sub) -> None:
                    help="embed on Ray: a cluster address, or nothing for a local Ray instance")
     p.add_argument("--ray-actors", type=positive_int, default=2, help="encoder actors (each loads the model once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(sub, "verify", run_verify, profile=False)
+    p.add_argument("index", help="index directory, or the name of one under $UNPROMPT_HOME/indexes")

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = "jsonl" if args.json else args.format
     out = check_output_file(args.out, "--out") if args.out else None
     paths = expand(args.images)
+    if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
+        raise UnpromptError("no image to read: " + ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
     interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
     failures = 0

@@ -109,8 +109,33 @@ def _cached_checkpoint(cfg: dict) -> str | None:
 
 
 def clip_model_id(spec: ClipSpaceSpec) -> str:
-    tag = Path(spec.pretrained).name if _looks_like_path(spec.pretrained) else spec.pretrained
+    """open_clip:<model>:<pretrained tag>, or for a checkpoint file the hash of its content (not its path:
+    the same weights at a new path keep their indexes, caches and heads; other weights at the same path do not)."""
+    tag = f"sha256-{weights_digest(Path(spec.pretrained).expanduser())}" if _looks_like_path(spec.pretrained) \
+        else spec.pretrained
     return f"open_clip:{spec.model}:{tag}"
+
+
+def weights_digest(path: Path) -> str:
+    """SHA-256 (16 hex digits) of a checkpoint, remembered by (path, size, mtime): a start does not reread it."""
+    import json
+
+    from retriever.files import write_bytes_atomic
+    from retriever.index_files import sha256_file
+    from retriever.paths import home
+
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = home() / "cache" / "weights-sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_file(path)[:16]
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(memo_file, json.dumps(memo, indent=1).encode())
+    return memo[key]
 
 
 class ClipSpace:
