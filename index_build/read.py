@@ -29,7 +29,7 @@ from retriever.errors import ManifestError
 
 NORMALISATION_VERSION = "2"
 HASH_SEED = 20231124
-BATCH_ROWS = 1 << 18
+BATCH_ROWS = 1 << 16
 
 
 def _scan(paths: str | list[str], fmt: str, column: str) -> pl.LazyFrame:

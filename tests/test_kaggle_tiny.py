@@ -89,7 +89,7 @@ def test_text_only_head_then_full_predict(kaggle_tiny, tmp_path, home):
 
     meta = torch.load(head, weights_only=True)["meta"]
     assert meta["mode"] == "prompts" and meta["in_dim"] == 32 and meta["out_dim"] == 384
-    assert meta["feature_model_id"] == "open_clip:unprompt-tiny-a:unprompt-tiny-a.pt"
+    assert meta["feature_model_id"].startswith("open_clip:unprompt-tiny-a:sha256-")  # weights, not path
 
     res = run_cli("predict", "--profile", str(kaggle_tiny), str(EXAMPLES / "cat.jpg"), "--json", "--top", "50")
     assert res.returncode == 0, res.stderr
