@@ -97,11 +97,12 @@ def _decode(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     img.draft("RGB", (limits.working_side, limits.working_side))  # JPEG: decode at reduced scale
     img.seek(0)  # animated images: the first frame
     img.load()
+    img = _shrink(img, limits.working_side)  # first: every later step copies, and copies of a small image are cheap
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF should not cost the image
         pass
-    return _to_rgb(_shrink(img, limits.working_side))
+    return _to_rgb(img)
 
 
 def admit_image(data: bytes, limits: ImageLimits = ImageLimits(), name: str = "image") -> Image.Image:

@@ -65,3 +65,11 @@ def test_animated_gives_first_frame():
     out = admit_image(buf.getvalue())
     r, g, b = out.getpixel((0, 0))
     assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("size, expected", [((2000, 1000), (512, 1024)), ((200, 100), (100, 200))])
+def test_exif_rotation_survives_the_working_size(size, expected):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    out = admit_image(encode(Image.new("RGB", size, (200, 0, 0)), "JPEG", exif=exif))
+    assert out.size == expected

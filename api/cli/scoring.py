@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from api.cli.common import command, positive_int
+from api.cli.common import command
 from retriever.evaluation.metric import DEFAULT_BOOTSTRAP, DEFAULT_SEED
 
 
