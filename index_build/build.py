@@ -1,8 +1,8 @@
 """Orchestrator: manifest -> texts -> embeddings (sharded, resumable) -> FAISS index -> index directory.
 
 Every stage streams: texts are staged as parquet parts, embedded one shard at a time, copied shard by shard
-into a memory-mapped float16 file, and added to FAISS in chunks; the metadata is written by polars'
-streaming engine. Peak memory is the FAISS index itself plus bounded buffers and 8 bytes a row of dedup
+into a float16 vectors file (plain writes, no memory map), and added to FAISS in chunks; the metadata is
+written by polars' streaming engine. Peak memory is the FAISS index itself plus bounded buffers and 8 bytes a row of dedup
 keys. The directory format, and its commit by one rename of ``build.json``, is ``retriever.index_files``.
 """
 
@@ -151,10 +151,11 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
             rerank_caches[extra.model_id] = role
         timings["write_s"] = time.perf_counter() - t
 
-        starts = np.cumsum([0] + [st.count for st in ordered])
-        kind_ranges = {k: (int(min(starts[i] for i, st in enumerate(ordered) if st.source.kind == k)),
-                           int(max(starts[i + 1] for i, st in enumerate(ordered) if st.source.kind == k)))
-                       for k in kinds}
+        kind_ranges: dict[str, tuple[int, int]] = {}
+        row = 0
+        for st in ordered:  # grouped by kind: each kind's rows are one span
+            kind_ranges[st.source.kind] = (kind_ranges.get(st.source.kind, (row, row))[0], row + st.count)
+            row += st.count
         record = writer.commit(BuildRecord(
             build_id=build_id, name=manifest.name, model_id=encoder.model_id, dim=encoder.dim, count=n,
             factory=choice.factory, exact=choice.exact, rerank_caches=rerank_caches, kinds=kind_ranges, files={},
@@ -184,9 +185,7 @@ def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[np.ndarray]) -> N
 def _read_rows(path: Path, chunk: int = ADD_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, float32 block) of a float16 .npy file, read in order with plain reads."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0(f))
+        shape, dtype = embedding.read_npy_header(f)
         for start in range(0, shape[0], chunk):
             rows = min(chunk, shape[0] - start)
             yield start, np.fromfile(f, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1]).astype(np.float32)

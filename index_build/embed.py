@@ -39,13 +39,19 @@ def _save_shard(path: Path, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of an open .npy file, which is left at the first data byte."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    return shape, dtype
+
+
 def _shard_ok(path: Path, rows: int) -> bool:
     """A complete float16 shard of ``rows`` vectors: the header reads, and the file is exactly as long as it says."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
+            shape, dtype = read_npy_header(f)
             data_start = f.tell()
         size = path.stat().st_size
     except Exception:  # a damaged header raises OSError, ValueError, SyntaxError, TokenError, ...

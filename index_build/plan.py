@@ -64,21 +64,17 @@ def _rows(source, base_dir: str) -> int | None:
     """The manifest's estimate; for a local source, its raw row count (cheap: polars counts without loading)."""
     if source.rows is not None:
         return source.rows
+    import polars as pl
+
     from index_build.manifest import source_files, source_format
-    from index_build.read import _scan
+    from index_build.read import scan
     from index_build.remote import is_remote
 
     if source.dataset or is_remote(source.path):
         return source.limit
-    n = sum(_scan(f, source_format(source, f), source.column).select(pl_len()).collect().item()
+    n = sum(scan(f, source_format(source, f), source.column).select(pl.len()).collect().item()
             for f in source_files(source, base_dir))
     return min(n, source.limit) if source.limit else n
-
-
-def pl_len():
-    import polars as pl
-
-    return pl.len()
 
 
 def plan_setup(profile: Profile, options: BuildOptions | None = None) -> list[IndexPlan]:

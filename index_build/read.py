@@ -32,7 +32,7 @@ HASH_SEED = 20231124
 BATCH_ROWS = 1 << 16
 
 
-def _scan(paths: str | list[str], fmt: str, column: str) -> pl.LazyFrame:
+def scan(paths: str | list[str], fmt: str, column: str) -> pl.LazyFrame:
     """One scan over all of a source's files of one format (polars reads them in turn, with bounded buffers;
     a concat of one scan per file would run them all at once)."""
     options = storage_options(paths if isinstance(paths, str) else paths[0])
@@ -69,7 +69,7 @@ def source_frame(source: Source, base_dir: str) -> pl.LazyFrame:
         by_format.setdefault(source_format(source, path), []).append(path)
     frames = []
     for fmt, paths in by_format.items():
-        frame = _scan(paths, fmt, source.column).select(pl.col(source.column).alias("raw"))
+        frame = scan(paths, fmt, source.column).select(pl.col(source.column).alias("raw"))
         frames.append(frame.explode("raw") if source.explode else frame)
     frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     if source.limit:

@@ -144,6 +144,10 @@ class IndexWriter:
         for folder, wanted in keep_dirs.items():
             if (self.out / folder).is_dir():
                 for entry in (self.out / folder).iterdir():
-                    if entry.name not in wanted:
-                        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                    if entry.name in wanted:
+                        continue
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
         return record
