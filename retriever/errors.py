@@ -27,3 +27,7 @@ class ManifestError(UnpromptError):
 
 class HeadMismatchError(UnpromptError):
     pass
+
+
+class UnpromptWarning(UserWarning):
+    """Something works in a reduced way (the CLI prints it as `unprompt: warning: ...`)."""

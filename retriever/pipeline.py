@@ -18,14 +18,14 @@ from retriever.errors import IndexIntegrityError, ProfileError
 from retriever.images import load_image
 from retriever.index import TextIndex
 from retriever.index_files import read_record
-from retriever.paths import index_dir, resolve_home_path
+from retriever.paths import index_dir
 from retriever.profile import BridgeSpaceSpec, Mode, Profile, load_profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
 from retriever.stages.blend import blend
 from retriever.stages.candidates import Candidate, Candidates, best_of_all, best_subject
 from retriever.stages.negative import NegativePrompt
 from retriever.stages.prior import Prior
-from retriever.stages.regress import BridgeRegressor, HeadRegressor, Regressor
+from retriever.stages.regress import BridgeRegressor, Regressor, load_regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
 from retriever.stages.retrieve import Retriever
 
@@ -38,11 +38,12 @@ class Interrogation:
     prompt: str
     retrieval_prompt: str  # the best caption or subject alone: the retrieval-only answer
     embedding: np.ndarray  # final, 384-d, unit length
-    stage_embeddings: dict[str, np.ndarray]  # retrieval | prompt | regressor, each in metric space
+    stage_embeddings: dict[str, np.ndarray]  # retrieval | template | prompt | regressor, each in metric space
     candidates: list[Candidate]
     prompts: list[ScoredPrompt]
     negative_prompt: str = ""
     mode: str = "best"
+    template_candidates: int = 0  # filled templates scored before the chain
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -59,6 +60,7 @@ class Interrogation:
             "retrieval_prompt": self.retrieval_prompt,
             "candidates": [c.as_dict() for c in self.candidates[:top]],
             "prompt_candidates": [{"text": p.text, "score": round(p.score, 6)} for p in self.prompts[:top]],
+            "template_candidates": self.template_candidates,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
         if embeddings:
@@ -132,23 +134,24 @@ class Interrogator:
                 )
             regressor = BridgeRegressor()
         elif profile.regress.kind == "head":
-            assert profile.regress.head is not None
-            regressor = HeadRegressor(resolve_home_path(profile.regress.head), retrieval.model_id, retrieval.dim,
-                                      metric.model_id, metric.dim)
+            regressor = load_regressor(profile.regress, retrieval, metric.model_id, metric.dim, create_space,
+                                       profile.name)
         return cls(profile, retrieval, rerank, indexes, regressor)
 
     def _metric_embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.metric.encode_text(texts)
 
-    def interrogate(self, image: ImageLike, mode: Mode | None = None, flavours: int | None = None) -> Interrogation:
+    def interrogate(self, image: ImageLike, mode: Mode | None = None, flavours: int | None = None,
+                    stages: bool = True) -> Interrogation:
         """One image (a PIL image or a path): prompt, alternatives, negative prompt, embedding, timings."""
-        return self.interrogate_batch([image], mode, flavours)[0]
+        return self.interrogate_batch([image], mode, flavours, stages)[0]
 
     def interrogate_batch(self, images: Sequence[ImageLike], mode: Mode | None = None,
-                          flavours: int | None = None) -> list[Interrogation]:
+                          flavours: int | None = None, stages: bool = True) -> list[Interrogation]:
         """One Interrogation per image, in one batch through every stage. ``mode`` (fast, classic, best,
         negative) and ``flavours`` (components the chain may add) choose the assembly, as the profile's
-        ``[modes]`` say. Timings are per image (a batch's stage time over its size)."""
+        ``[modes]`` say. ``stages=False`` leaves out the metric embeddings only reports use (retrieval and
+        template) where they would cost a model call. Timings are per image (a batch's stage time over its size)."""
         if not images:
             return []
         images = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
@@ -163,19 +166,18 @@ class Interrogator:
         with timer.stage("retrieve"):
             retrieved = self.retriever.retrieve(retrieval_vectors)
         with timer.stage("rerank"):
-            reranked = [self.reranker.rerank(v, c) for v, c in zip(rerank_vectors, retrieved)]
+            reranked = self.reranker.rerank_batch(rerank_vectors, retrieved)
             # a floor that empties everything must not leave the image without a prompt
             reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
         with timer.stage("assemble"):
             targets = self.prior.assembly_targets(rerank_vectors)
-            assembled = [assembler.assemble(v, c, self.text_embeddings.for_texts, self.prior.style)
-                         for v, c in zip(targets, reranked)]
+            assembled = assembler.assemble_batch(targets, reranked, self.text_embeddings.for_texts, self.prior.style)
         with timer.stage("negative"):
             negatives = self.negative(retrieval_vectors)
         with timer.stage("regress"):
-            regressed = self.regressor.predict(retrieval_vectors) if self.regressor else None
+            regressed = self.regressor.predict(images, retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
-            results = self._finish(assembled, reranked, regressed)
+            results = self._finish(assembled, reranked, regressed, stages)
         for r, negative in zip(results, negatives):
             r.negative_prompt, r.mode = negative, mode
             if mode == "negative":
@@ -186,24 +188,31 @@ class Interrogator:
         return results
 
     def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates],
-                regressed: np.ndarray | None) -> list[Interrogation]:
+                regressed: np.ndarray | None, stages: bool = True) -> list[Interrogation]:
         tops = [_top_subject(c) for c in reranked]
+        templates = [a.template.text if a.template else a.text for a in assembled]
         if self._rerank_is_metric:  # the rerank space is the metric's: reuse its (stored) embeddings
             prompt_emb = np.stack([a.embedding for a in assembled])
+            template_emb = np.stack([a.embedding if a.template_embedding is None else a.template_embedding
+                                     for a in assembled])
             retrieval_emb = self.text_embeddings.for_candidates(tops)
-        else:
-            prompt_emb = self._metric_embed([a.text for a in assembled])
-            retrieval_emb = self._metric_embed([c.text for c in tops])
+        else:  # one metric call for the batch's prompts (and templates and retrieval answers, for reports)
+            n = len(assembled)
+            extra = templates + [c.text for c in tops] if stages else []
+            emb = self._metric_embed([a.text for a in assembled] + extra)
+            prompt_emb, template_emb, retrieval_emb = emb[:n], emb[n : 2 * n], emb[2 * n :]
         results = []
         for i, a in enumerate(assembled):
             reg = None if regressed is None else regressed[i]
-            stages = {"retrieval": retrieval_emb[i], "prompt": prompt_emb[i]}
+            named = {"retrieval": retrieval_emb[i], "template": template_emb[i]} if len(template_emb) else {}
+            named["prompt"] = prompt_emb[i]
             if reg is not None:
-                stages["regressor"] = reg
+                named["regressor"] = reg
             final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
                           self.prior.metric, self.profile.prior.blend_weight)
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
-            results.append(Interrogation(a.text, tops[i].text, final, stages, cands, a.tried))
+            results.append(Interrogation(a.text, tops[i].text, final, named, cands, a.tried,
+                                         template_candidates=a.template_count))
         return results
 
 

@@ -22,6 +22,9 @@ DEFAULT_PROFILE = "lite"
 PROFILE_ENV = "UNPROMPT_PROFILE"
 
 
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]  # torch.compile modes
+
+
 class ClipSpaceSpec(_Strict):
     """A joint image-text space given by an open_clip model."""
 
@@ -34,6 +37,8 @@ class ClipSpaceSpec(_Strict):
         default=None, description="optional JSON model config to register (custom or tiny models)"
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    compile: CompileMode = Field(default="off", description="torch.compile the image tower with this mode (GPU "
+                                                            "serving; the first batch pays the compilation)")
 
 
 class BridgeSpaceSpec(_Strict):
@@ -79,6 +84,8 @@ class RerankConfig(_Strict):
 
 class AssembleConfig(_Strict):
     templates: list[str] = Field(min_length=1)
+    top_n: int = Field(default=1, ge=1, le=64, description="each template is filled with the top 1..N candidates "
+                                                           "of its slots (rank r fills every slot with its r-th best)")
     chain_kinds: list[str] = ["flavour"]
     chain_candidates: int = Field(default=16, ge=0)
     max_chain: int = Field(default=6, ge=0, description="most components the greedy chain adds")
@@ -94,6 +101,7 @@ class ModeConfig(_Strict):
     """What a mode changes in the assembly (unset keys keep the profile's own ``[assemble]`` values)."""
 
     templates: list[str] | None = Field(default=None, min_length=1)
+    top_n: int | None = Field(default=None, ge=1, le=64)
     max_chain: int | None = Field(default=None, ge=0)
 
 
@@ -113,14 +121,29 @@ class NegativeConfig(_Strict):
     count: int = Field(default=6, ge=1, le=50)
 
 
+class HeadRef(_Strict):
+    """One regressor head: its file, and the image space whose features it reads (the retrieval space unless
+    named: heads over different image encoders can be averaged)."""
+
+    path: str = Field(description="head file saved by `unprompt train-regressor` (relative: under $UNPROMPT_HOME)")
+    space: SpaceSpec | Literal["retrieval"] = "retrieval"
+    weight: float = Field(default=1.0, gt=0, description="weight in the average of the heads' predictions")
+
+
 class RegressConfig(_Strict):
     kind: Literal["bridge", "head", "none"]
-    head: str | None = Field(default=None, description="path to a head saved by `unprompt train-regressor`")
+    head: str | None = Field(default=None, description="shorthand for heads = [{ path = ... }]")
+    heads: list[HeadRef] = Field(default_factory=list, description="heads whose predictions are averaged")
+    require_head: bool = Field(default=False, description="refuse to start without every head; otherwise a missing "
+                                                          "head is skipped with a warning")
 
     @model_validator(mode="after")
     def _head_needs_path(self) -> "RegressConfig":
-        if self.kind == "head" and not self.head:
-            raise ValueError("regress.kind = 'head' needs regress.head = '<path to head file>'")
+        if self.head:
+            object.__setattr__(self, "heads", [HeadRef(path=self.head), *self.heads])
+            object.__setattr__(self, "head", None)
+        if self.kind == "head" and not self.heads:
+            raise ValueError("regress.kind = 'head' needs regress.head = '<path>' or regress.heads = [{ path = ... }]")
         return self
 
 

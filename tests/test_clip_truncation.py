@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CLIP_CONFIG
+from conftest import REPO, TINY_CLIP_CONFIG
 from retriever.encoders.clip import ClipSpace
 from retriever.encoders.clip_text import encode_truncated, eot_lengths, length_buckets, truncation_supported
 from retriever.profile import ClipSpaceSpec
@@ -67,3 +67,24 @@ def test_other_towers_fall_back_to_full_context(tmp_path, change):
         ref = model.encode_text(open_clip.get_tokenizer(name)(MIXED)).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(space.encode_text(MIXED), ref, atol=1e-5)
+
+
+def test_piece_tokenizer_equals_open_clips_tokenizer_on_real_prompts():
+    import csv
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from retriever.encoders.clip_tokens import PieceTokenizer
+
+    reference = SimpleTokenizer()
+    pieces = PieceTokenizer(reference)
+    flavours = (REPO / "data_manifests/clip_interrogator/flavors.txt").read_text().splitlines()[::997]
+    with open(REPO / "data_manifests/examples/eval.csv") as f:
+        prompts = [row["prompt"] for row in csv.DictReader(f)]
+    chained = [", ".join(flavours[i : i + 25]) for i in range(0, len(flavours), 5)]  # some pass 77 tokens
+    odd = ["wow!, yes", "a,b", "x , y", "café, naïve art", "  spaced ,  out  ", "3, 4, 5d", "it's, 'quoted', ok",
+           "&amp;, html", "emoji 🎨, art", ",leading", "trailing,", ""]
+    texts = prompts + flavours + chained + odd
+    assert any(len(reference.encode(t)) > 75 for t in chained)
+    assert torch.equal(pieces(texts), reference(texts))
+    assert [pieces.count(t) for t in texts] == [len(reference.encode(t)) + 2 for t in texts]

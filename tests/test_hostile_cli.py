@@ -165,7 +165,7 @@ def test_eval_and_train_refuse_bad_outputs_and_tables(tmp_path, lite_profile):
                                                     str(tmp_path / "f" / "report")))
     (tmp_path / "empty.csv").write_text("image,prompt\n")
     assert "no rows" in clean_error(run_cli("eval", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "r")))
-    assert "one of the arguments --pairs --prompts is required" in clean_error(run_cli("train-regressor"))
+    assert "give --prompts (text-only initialisation), --pairs" in clean_error(run_cli("train-regressor"))
 
 
 def test_dedup_near_key_is_one_polars_expression():

@@ -97,7 +97,7 @@ def test_text_only_head_then_full_predict(kaggle_tiny, tmp_path, home):
     assert out["prompt"]
     assert {c["index"] for c in out["candidates"]} == {"captions-bigG", "components-bigG"}
     assert "caption" in {c["kind"] for c in out["candidates"]}
-    assert set(out["stage_embeddings"]) == {"retrieval", "prompt", "regressor"}
+    assert set(out["stage_embeddings"]) == {"retrieval", "template", "prompt", "regressor"}
     emb = np.array(out["embedding"])
     assert emb.shape == (384,) and np.isclose(np.linalg.norm(emb), 1, atol=1e-4)
     p, r = np.array(out["stage_embeddings"]["prompt"]), np.array(out["stage_embeddings"]["regressor"])
@@ -154,10 +154,121 @@ def test_pairs_training_caches_image_features(kaggle_tiny, tmp_path, home):
 
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["mode"] == "pairs" and meta["metrics"]["n_train"] + meta["metrics"]["n_val"] == 7
-    cached = list((home / "cache" / "features").rglob("*.npy"))
-    assert len(cached) == 7  # one per distinct image, reused by the next run
+    assert meta["sources"]["pairs"]["rows"] == 7 and len(meta["metrics"]["history"]) == meta["metrics"]["epochs"]
+    assert res.stderr.count("pairs epoch ") == meta["metrics"]["epochs"]  # a validation line per epoch
+    cached = list((home / "cache" / "heads").rglob("features.npy"))
+    assert len(cached) == 1 and np.load(cached[0], mmap_mode="r").shape == (7, 32)  # one memory-mapped matrix
+    stamp = cached[0].stat().st_mtime_ns
     again = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--pairs", str(pairs), "--epochs", "5",
                     "--out", str(out))
-    assert again.returncode == 0 and len(list((home / "cache" / "features").rglob("*.npy"))) == 7
+    assert again.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not recomputed
     bad = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--pairs", str(pairs), "--image-column", "img")
     assert bad.returncode == 2 and "missing column(s) img" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_kaggle_assembly_scores_112_templates_and_batches_match_single_images(kaggle_tiny, tmp_path, home):
+    from retriever.pipeline import Interrogator
+    from retriever.profile import load_profile
+
+    from retriever.errors import MissingWeightsError, UnpromptWarning
+
+    profile = load_profile(str(kaggle_tiny))
+    assert profile.assemble.top_n == 8 and len(profile.assemble.templates) == 14
+    (home / "heads" / "kaggle-bigG.pt").unlink(missing_ok=True)
+    with pytest.raises(MissingWeightsError, match="train-regressor"):  # a profile that requires its head
+        Interrogator.from_profile(profile.model_copy(update={
+            "regress": profile.regress.model_copy(update={"require_head": True})}))
+    with pytest.warns(UnpromptWarning, match="retrieval and assembly alone"):
+        interrogator = Interrogator.from_profile(profile)
+    assert interrogator.regressor is None
+    images = [EXAMPLES / f"{n}.jpg" for n in ("cat", "coffee", "rocket", "clock", "galaxies")]
+    calls = []
+    embeddings = interrogator.text_embeddings
+    for_texts = embeddings.for_texts
+    embeddings.for_texts = lambda texts: calls.append(len(texts)) or for_texts(texts)
+    try:
+        batch = interrogator.interrogate_batch(images)
+    finally:
+        del embeddings.for_texts
+    assert all(r.template_candidates == 112 for r in batch)  # 14 templates x top 8, per image
+    # text vectors: one call for the batch's on-demand caption candidates (rerank), one for its 5 x 112
+    # templates, then one per chain step
+    assert calls[:2] == [5 * 12, 5 * 112] and len(calls) <= 2 + profile.assemble.max_chain
+    interrogator.text_embeddings.memo.clear()
+    for image, together in zip(images, batch):
+        alone = interrogator.interrogate(image)
+        assert alone.prompt == together.prompt
+        np.testing.assert_allclose(alone.embedding, together.embedding, atol=1e-5)
+        for stage in together.stage_embeddings:
+            np.testing.assert_allclose(alone.stage_embeddings[stage], together.stage_embeddings[stage], atol=1e-5)
+
+
+def shapes_dataset(folder: Path) -> list[tuple[str, str]]:
+    """Small real-pixel pairs whose prompts follow what is drawn: colour x shape x background."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (240, 220, 40),
+               "purple": (140, 50, 170), "orange": (250, 140, 20)}
+    backgrounds = {"white": (250, 250, 250), "black": (10, 10, 10)}
+    rows = []
+    for (cname, c), shape, (bname, b) in [(c, s, b) for c in colours.items() for s in ("circle", "square", "triangle")
+                                          for b in backgrounds.items()]:
+        im = Image.new("RGB", (96, 96), b)
+        draw = ImageDraw.Draw(im)
+        box = (20, 20, 76, 76)
+        {"circle": lambda: draw.ellipse(box, fill=c), "square": lambda: draw.rectangle(box, fill=c),
+         "triangle": lambda: draw.polygon([(48, 14), (82, 80), (14, 80)], fill=c)}[shape]()
+        name = f"{cname}-{shape}-{bname}.png"
+        im.save(folder / name)
+        rows.append((name, f"a {cname} {shape} on a {bname} background"))
+    return rows
+
+
+def test_text_init_then_pairs_fine_tune_beats_text_only_on_held_out_pairs(kaggle_tiny, tmp_path, home):
+    import csv
+
+    import torch
+
+    from retriever.encoders import create_space
+    from retriever.encoders.minilm import sentence_encoder
+    from retriever.heads.model import load_head_file
+    from retriever.images import load_image
+    from retriever.profile import load_profile
+
+    folder = tmp_path / "shapes"
+    rows = shapes_dataset(folder)
+    rng = np.random.default_rng(0)
+    held = set(rng.choice(len(rows), size=8, replace=False).tolist())
+    with open(folder / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "prompt"])
+        w.writerows(r for i, r in enumerate(rows) if i not in held)
+    (folder / "prompts.txt").write_text("\n".join(p for i, (_, p) in enumerate(rows) if i not in held) + "\n"
+                                        + "\n".join(PROMPTS) + "\n")
+    text_only, both = folder / "text.pt", folder / "both.pt"
+    common = ["--profile", str(kaggle_tiny), "--epochs", "60", "--patience", "60", "--val-fraction", "0.15"]
+    res = run_cli("train-regressor", *common, "--prompts", str(folder / "prompts.txt"), "--out", str(text_only))
+    assert res.returncode == 0, res.stderr
+    res = run_cli("train-regressor", *common, "--prompts", str(folder / "prompts.txt"), "--pairs",
+                  str(folder / "train.csv"), "--out", str(both))
+    assert res.returncode == 0, res.stderr
+    assert "prompts: " in res.stdout and "pairs: " in res.stdout and "prompts+pairs" in res.stdout
+
+    profile = load_profile(str(kaggle_tiny))
+    space, metric = create_space(profile.retrieve.space), sentence_encoder()
+    held_rows = [rows[i] for i in sorted(held)]
+    x = torch.from_numpy(space.encode_images([load_image(folder / name) for name, _ in held_rows]))
+    y = metric.encode_text([p for _, p in held_rows])
+
+    def held_out_cosine(path):
+        head, meta = load_head_file(path)
+        with torch.no_grad():
+            pred = torch.nn.functional.normalize(head(x), dim=1).numpy()
+        return float((pred * y).sum(1).mean()), meta
+
+    text_cos, _ = held_out_cosine(text_only)
+    both_cos, meta = held_out_cosine(both)
+    assert meta["mode"] == "prompts+pairs" and set(meta["stages"]) == {"prompts", "pairs"}
+    assert set(meta["sources"]) == {"prompts", "pairs"} and len(meta["sources"]["pairs"]["sha256"]) == 20
+    assert both_cos > text_cos + 0.05, (both_cos, text_cos)

@@ -50,7 +50,7 @@ def test_bad_files_are_reported_and_the_rest_answered(images):
     good = rows[1]
     assert "cat" in good["prompt"].lower()
     assert len(good["embedding"]) == 384
-    assert set(good["stage_embeddings"]) == {"retrieval", "prompt", "regressor"}
+    assert set(good["stage_embeddings"]) == {"retrieval", "template", "prompt", "regressor"}
     assert len(good["candidates"]) == 3 and all("rerank_score" in c for c in good["candidates"])
     assert {"decode", "image_encode", "retrieve", "rerank", "assemble", "regress", "blend", "total"} <= set(good["timings_ms"])
     for line in res.stderr.strip().splitlines():

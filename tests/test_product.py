@@ -136,3 +136,20 @@ def test_version_and_help_text():
     res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("unprompt 0.")
     assert "95%" in run_cli("score", "--help").stdout and "95%%" not in run_cli("score", "--help").stdout
+
+
+def test_lite_batches_equal_single_images_and_prefetching_keeps_order(lite_interrogator, tmp_path):
+    from retriever.feed import decoded_batches, interrogate_files
+
+    paths = sorted(EXAMPLES.glob("*.jpg"))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    mixed = [*paths[:3], tmp_path / "bad.jpg", *paths[3:]]
+    together = list(interrogate_files(lite_interrogator, mixed, batch_size=4))
+    assert [a.path for a in together] == [str(p) for p in mixed]
+    assert together[3].result is None and "bad.jpg" in together[3].error
+    for answer in together[:3] + together[4:]:
+        alone = lite_interrogator.interrogate(answer.path)
+        assert alone.prompt == answer.result.prompt
+        np.testing.assert_allclose(alone.embedding, answer.result.embedding, atol=1e-5)
+    threaded = [d.path for batch in decoded_batches(mixed, 3, workers=2) for d in batch]  # the GPU-side prefetch
+    assert threaded == [str(p) for p in mixed]

@@ -166,7 +166,7 @@ def test_eval_end_to_end_writes_the_report_and_opens_in_chromium(tmp_path, lite_
     second = evaluate(lite_interrogator, manifest, bootstrap=300, seed=7, progress=False)
     out = write_report(first, tmp_path / "report")
     numbers = json.loads((out / "report.json").read_text())
-    assert set(numbers["stages"]) == {"retrieval", "assembled", "regressor", "final"}
+    assert set(numbers["stages"]) == {"retrieval", "template", "assembled", "regressor", "final"}
     assert set(numbers["baselines"]) == {"constant", "mean"}
     assert numbers["stages"]["final"]["n"] == 7
     again = json.loads((write_report(second, tmp_path / "again") / "report.json").read_text())

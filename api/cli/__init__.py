@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Sequence
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -13,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from api.cli import indexes, predict, scoring, serve, train  # noqa: E402
 from api.cli.common import Formatter, err  # noqa: E402
 from retriever import __version__  # noqa: E402
-from retriever.errors import UnpromptError  # noqa: E402
+from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
 
 EPILOG = """\
@@ -47,7 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, UnpromptWarning):
+        print(f"unprompt: warning: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

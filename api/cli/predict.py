@@ -6,13 +6,13 @@ import argparse
 import csv
 import json
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
 from api.cli.common import command, err, positive_int
 from retriever.errors import UnpromptError
+from retriever.feed import DEFAULT_BATCH_SIZE
 from retriever.images import ImageLimits, list_images
 from retriever.profile import MODES
 
@@ -63,8 +63,8 @@ def _one_line(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from retriever.feed import interrogate_files
     from retriever.files import atomic_write, check_output_file
-    from retriever.images import load_image
     from retriever.pipeline import Interrogator
 
     fmt = "jsonl" if args.json else args.format
@@ -81,22 +81,17 @@ def run(args: argparse.Namespace) -> int:
             tmp = stack.enter_context(atomic_write(out))
             stream = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
-        for path in tqdm(paths, desc="predict", unit="img", disable=None if len(paths) > 1 else True,
-                         file=sys.stderr):
-            t0 = time.perf_counter()
-            try:
-                image = load_image(path, limits)
-                decode_ms = (time.perf_counter() - t0) * 1000
-                result = interrogator.interrogate(image, args.mode, args.flavours)
-            except (UnpromptError, MemoryError) as exc:
-                message = str(exc) if isinstance(exc, UnpromptError) else f"{path}: the image needs too much memory"
+        answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
+                                    stages=fmt == "jsonl" and not args.no_embedding)
+        for answer in tqdm(answers, total=len(paths), desc="predict", unit="img",
+                           disable=None if len(paths) > 1 else True, file=sys.stderr):
+            if answer.result is None:
                 failures += 1
-                err(message)
-                writer.failure(path, message)
+                err(answer.error or "")
+                writer.failure(answer.path, answer.error or "")
                 continue
-            timings = {"decode": round(decode_ms, 3), **{k: round(v, 3) for k, v in result.timings_ms.items()},
-                       "total": round((time.perf_counter() - t0) * 1000, 3)}
-            writer.result(path, result, {"timings_ms": timings, "profile": interrogator.profile.name})
+            writer.result(answer.path, answer.result,
+                          {"timings_ms": answer.timings_ms, "profile": interrogator.profile.name})
     return 1 if failures else 0
 
 
@@ -115,6 +110,8 @@ def register(sub) -> None:
                         "best: the full assembly (default); negative: print the negative prompt")
     p.add_argument("--flavours", type=int, default=None, metavar="N",
                    help="most components the assembly may chain (default: the profile's)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help="images per model call (decoding runs ahead in threads); results do not depend on it")
     p.add_argument("--top", type=positive_int, default=20, help="candidates to include with jsonl")
     p.add_argument("--no-embedding", action="store_true", help="leave embeddings out of jsonl output")
     p.add_argument("--max-pixels", type=positive_int, default=LIMITS.max_pixels,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from api.cli.common import command
+from api.cli.common import command, positive_int
 from retriever.evaluation.metric import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+from retriever.feed import DEFAULT_BATCH_SIZE
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -31,7 +32,8 @@ def run_submit(args: argparse.Namespace) -> int:
     if args.prompts_out:
         check_output_file(args.prompts_out, "--prompts-out")
     list_images(args.images_dir)
-    n = submit(Interrogator.load(args.profile), args.images_dir, args.out, prompts_out=args.prompts_out)
+    n = submit(Interrogator.load(args.profile), args.images_dir, args.out, prompts_out=args.prompts_out,
+               batch_size=args.batch_size)
     print(f"wrote {args.out}: {n} images x 384 rows" + (f"; prompts in {args.prompts_out}" if args.prompts_out else ""))
     return 0
 
@@ -49,13 +51,19 @@ def run_eval(args: argparse.Namespace) -> int:
     read_pairs(args.table)  # a bad table is refused before the models load
     train = read_prompts(args.train_prompts) if args.train_prompts else None
     result = evaluate(Interrogator.from_profile(profile), args.table, train,
-                      args.constant_prompt or DEFAULT_CONSTANT_PROMPT, args.bootstrap, args.seed)
+                      args.constant_prompt or DEFAULT_CONSTANT_PROMPT, args.bootstrap, args.seed,
+                      batch_size=args.batch_size)
     write_report(result, out)
     print(f"{'stage':<22}{'mean':>9}  95% CI")
     for name, s in [*result.stages.items(), *((f"baseline: {k}", v) for k, v in result.baselines.items())]:
         print(f"{name:<22}{s.mean:>9.4f}  [{s.ci_low:.4f}, {s.ci_high:.4f}]")
     print(f"report: {out / 'report.html'} (+ report.json, per_image.csv)")
     return 0
+
+
+def _add_batch_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help="images per model call (decoding runs ahead in threads); results do not depend on it")
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:
@@ -75,6 +83,7 @@ def register(sub) -> None:
     p.add_argument("images_dir", help="folder of images")
     p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
     p.add_argument("--prompts-out", default=None, help="also write imgId,prompt for every image to this CSV")
+    _add_batch_size(p)
 
     p = command(sub, "eval", run_eval)
     p.add_argument("table", help="CSV/parquet with image (path, relative to the file) and prompt columns")
@@ -82,4 +91,5 @@ def register(sub) -> None:
     p.add_argument("--train-prompts", default=None,
                    help="prompts for the mean-embedding baseline (default: leave-one-out over the table)")
     p.add_argument("--constant-prompt", default=None, help="prompt for the constant baseline")
+    _add_batch_size(p)
     _add_bootstrap(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from api.cli.common import command, positive_int
+from retriever.errors import UnpromptError
 from retriever.heads.config import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -14,26 +15,31 @@ def run(args: argparse.Namespace) -> int:
     from retriever.heads.train import train_regressor
     from retriever.profile import load_profile
 
-    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, lr=args.lr, val_fraction=args.val_fraction,
-                         patience=args.patience, seed=args.seed)
+    if not (args.pairs or args.prompts):
+        raise UnpromptError("give --prompts (text-only initialisation), --pairs (image, prompt), or both")
+    config = TrainConfig(hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed)
     path, meta = train_regressor(load_profile(args.profile), config, out=args.out, pairs=args.pairs,
                                  prompts=args.prompts, image_column=args.image_column, prompt_column=args.prompt_column)
-    m = meta["metrics"]
-    print(f"head saved to {path}: {meta['mode']}, {m['n_train']} train / {m['n_val']} validation pairs, "
-          f"validation cosine {m['val_cosine']:.4f} after {m['epochs']} epochs")
+    for stage, m in meta["stages"].items():
+        print(f"{stage}: {m['n_train']} train / {m['n_val']} validation rows, best validation cosine "
+              f"{m['val_cosine']:.4f} after {m['epochs']} epochs")
+    print(f"head saved to {path} ({meta['mode']})")
     return 0
 
 
 def register(sub) -> None:
     p = command(sub, "train-regressor", run)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", help="CSV/parquet/JSONL with image paths (relative to the file) and prompts")
-    src.add_argument("--prompts", help="text file (one prompt a line) or table with a prompt column")
+    p.add_argument("--prompts", help="text file (one prompt a line) or table with a prompt column: trains CLIP text "
+                                     "-> MiniLM first (the initialisation)")
+    p.add_argument("--pairs", help="CSV/parquet/JSONL with image paths (relative to the file) and prompts, e.g. "
+                                   "DiffusionDB images with their prompts: fine-tunes on image features")
     p.add_argument("--image-column", default="image")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--out", default=None, help="head file (default: the profile's regress.head under $UNPROMPT_HOME)")
     p.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="hidden width of a 2-layer MLP head (0 = linear)")
     p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
     p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
     p.add_argument("--patience", type=positive_int, default=DEFAULTS.patience,

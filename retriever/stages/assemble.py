@@ -1,10 +1,13 @@
-"""Assemble: fill prompt templates from the best candidates, then grow the best one greedily.
+"""Assemble: fill prompt templates from the ranked candidates, then grow the best one greedily.
 
 Templates are data (the profile's ``assemble.templates``) with slots named after kinds:
-``{subject}`` (the best caption or subject), ``{medium}``, ``{movement}``, ``{artist}``,
-``{flavour}``. The greedy chain then appends components (``, X``) one at a time, keeping
-the one that raises the similarity with the image most, and stops when none raises it,
-after ``max_chain`` additions, or when the CLIP token limit would be passed.
+``{subject}`` (a caption or subject), ``{medium}``, ``{movement}``, ``{artist}``, ``{flavour}``.
+Each template is filled ``top_n`` times, the r-th time with the r-th best candidate of every slot
+(14 templates x top 8 = 112 candidate prompts per image under the kaggle profile). The candidates of
+a whole batch of images are scored in one text-encoder call. The greedy chain then appends components
+(``, X``) one at a time, keeping the one that raises the similarity with the image most, and stops when
+none raises it, after ``max_chain`` additions, or at the CLIP token limit; each step of the chain is one
+text-encoder call for the whole batch too.
 """
 
 from __future__ import annotations
@@ -18,22 +21,24 @@ import numpy as np
 
 from retriever._compat import ensure_torchvision_importable
 from retriever.profile import AssembleConfig
-from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates, best_of_all, best_subject
+from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates, best_of_all
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
 @lru_cache(maxsize=1)
-def _clip_bpe():
+def _clip_tokens():
     ensure_torchvision_importable()
     from open_clip.tokenizer import SimpleTokenizer
 
-    return SimpleTokenizer()
+    from retriever.encoders.clip_tokens import PieceTokenizer
+
+    return PieceTokenizer(SimpleTokenizer())
 
 
 def clip_token_count(text: str) -> int:
     """CLIP BPE tokens, start and end tokens included (the 77-token context counts these)."""
-    return len(_clip_bpe().encode(text)) + 2
+    return _clip_tokens().count(text)
 
 
 def template_slots(template: str) -> list[str]:
@@ -51,18 +56,32 @@ class AssembledPrompt:
     text: str
     score: float
     embedding: np.ndarray  # in the scoring space
-    tried: list[ScoredPrompt] = field(default_factory=list)
+    tried: list[ScoredPrompt] = field(default_factory=list)  # every prompt scored, best first
+    template: ScoredPrompt | None = None  # the best filled template, before the chain
+    template_embedding: np.ndarray | None = None
+    template_count: int = 0  # distinct filled templates scored
 
 
-def slot_fill(candidates: Candidates) -> dict[str, Candidate]:
-    fill: dict[str, Candidate] = {}
-    subject = best_subject(candidates)
-    if subject is not None:
-        fill["subject"] = subject
-    for kind, cands in candidates.items():
-        if kind not in SUBJECT_KINDS and cands:
-            fill[kind] = cands[0]
-    return fill
+def ranked_slots(candidates: Candidates) -> dict[str, list[Candidate]]:
+    """Each slot's candidates, best first: ``subject`` ranks captions and subjects together."""
+    slots = {kind: cands for kind, cands in candidates.items() if kind not in SUBJECT_KINDS and cands}
+    subjects = sorted((c for k in SUBJECT_KINDS for c in candidates.get(k, [])), key=lambda c: -c.score)
+    if subjects:
+        slots["subject"] = subjects
+    return slots
+
+
+@dataclass
+class _Chain:
+    """One image's assembly in progress."""
+
+    target: np.ndarray
+    text: str
+    score: float
+    embedding: np.ndarray
+    pool: list[Candidate]
+    tried: list[ScoredPrompt]
+    active: bool = True
 
 
 class Assembler:
@@ -79,47 +98,84 @@ class Assembler:
             words.pop()
         return " ".join(words)
 
-    def assemble(self, image_vector: np.ndarray, candidates: Candidates, encode: EncodeFn,
-                 style: Sequence[Candidate] = ()) -> AssembledPrompt:
-        """``style``: extra components (e.g. the most-used flavours) the greedy chain may also add."""
-        cfg = self.config
-        fill = slot_fill(candidates)
-        options: list[tuple[str, list[Candidate]]] = []
-        for template in cfg.templates:
-            slots = template_slots(template)
-            if slots and all(s in fill for s in slots):
-                text = template.format(**{s: fill[s].text for s in slots})
-                options.append((text if self.fits(text) else self._truncate(text), [fill[s] for s in slots]))
+    def template_options(self, candidates: Candidates) -> list[tuple[str, list[Candidate]]]:
+        """(text, components used) for every template x rank that can be filled, distinct texts only."""
+        slots = ranked_slots(candidates)
+        options: dict[str, list[Candidate]] = {}
+        for template in self.config.templates:
+            names = template_slots(template)
+            for r in range(self.config.top_n):
+                if not names or not all(len(slots.get(s, ())) > r for s in names):
+                    break
+                text = template.format(**{s: slots[s][r].text for s in names})
+                options.setdefault(text if self.fits(text) else self._truncate(text), [slots[s][r] for s in names])
         if not options:  # no template can be filled: fall back to the single best candidate of any kind
             best = best_of_all(candidates)
             if best is None:
                 raise ValueError("no candidates to assemble a prompt from")
-            options = [(self._truncate(best.text), [best])]
-        options = list({text: used for text, used in options}.items())
-        vectors = encode([t for t, _ in options])
-        scores = vectors @ image_vector
-        tried = [ScoredPrompt(t, float(s)) for (t, _), s in zip(options, scores)]
-        j = int(np.argmax(scores))
-        text, used = options[j]
-        score, embedding = float(scores[j]), vectors[j]
-        used_texts = {c.text for c in used}
-        pool = sorted(
-            (c for k in cfg.chain_kinds for c in candidates.get(k, []) if c.text not in used_texts),
-            key=lambda c: -c.score,
-        )[: cfg.chain_candidates]
-        pool += [c for c in style if c.text not in used_texts and all(c.text != p.text for p in pool)]
-        for _ in range(cfg.max_chain):
-            extensions = [(f"{text}, {c.text}", c) for c in pool]
-            extensions = [(t, c) for t, c in extensions if self.fits(t)]
-            if not extensions:
-                break
-            vectors = encode([t for t, _ in extensions])
-            scores = vectors @ image_vector
-            tried.extend(ScoredPrompt(t, float(s)) for (t, _), s in zip(extensions, scores))
+            options = {self._truncate(best.text): [best]}
+        return list(options.items())
+
+    def assemble(self, target: np.ndarray, candidates: Candidates, encode: EncodeFn,
+                 style: Sequence[Candidate] = ()) -> AssembledPrompt:
+        return self.assemble_batch(target[None], [candidates], encode, style)[0]
+
+    def assemble_batch(self, targets: np.ndarray, candidates: Sequence[Candidates], encode: EncodeFn,
+                       style: Sequence[Candidate] = ()) -> list[AssembledPrompt]:
+        """One prompt per image. ``style``: extra components (e.g. the most-used flavours) the chain may add."""
+        options = [self.template_options(c) for c in candidates]
+        vectors = encode([t for opts in options for t, _ in opts])
+        chains, results, start = [], [], 0
+        for target, cands, opts in zip(targets, candidates, options):
+            v = vectors[start : start + len(opts)]
+            start += len(opts)
+            scores = v @ target
             j = int(np.argmax(scores))
-            if scores[j] <= score + cfg.min_gain:
+            tried = [ScoredPrompt(t, float(s)) for (t, _), s in zip(opts, scores)]
+            used = {c.text for c in opts[j][1]}
+            chains.append(_Chain(target, opts[j][0], float(scores[j]), v[j], self._pool(cands, style, used), tried))
+            results.append(AssembledPrompt("", 0.0, v[j], template=tried[j], template_embedding=v[j],
+                                           template_count=len(opts)))
+        for _ in range(self.config.max_chain):
+            if not self._grow(chains, encode):
                 break
-            text, score, embedding = extensions[j][0], float(scores[j]), vectors[j]
-            pool.remove(extensions[j][1])
-        tried.sort(key=lambda p: -p.score)
-        return AssembledPrompt(text, score, np.asarray(embedding, dtype=np.float32), tried)
+        for chain, result in zip(chains, results):
+            chain.tried.sort(key=lambda p: -p.score)
+            result.text, result.score, result.tried = chain.text, chain.score, chain.tried
+            result.embedding = np.asarray(chain.embedding, dtype=np.float32)
+        return results
+
+    def _pool(self, candidates: Candidates, style: Sequence[Candidate], used: set[str]) -> list[Candidate]:
+        cfg = self.config
+        pool = sorted((c for k in cfg.chain_kinds for c in candidates.get(k, []) if c.text not in used),
+                      key=lambda c: -c.score)[: cfg.chain_candidates]
+        seen = {c.text for c in pool}
+        return pool + [c for c in style if c.text not in used and c.text not in seen]
+
+    def _grow(self, chains: list[_Chain], encode: EncodeFn) -> bool:
+        """One step of the chain for every active image, in one encoder call; False when none is active."""
+        limit = self.config.max_tokens
+        steps = []
+        for chain in chains:
+            if chain.active:  # tokens of "text, c" = tokens(text) + tokens(c) - 1 (a comma in, one start/end out)
+                base = self.token_count(chain.text)
+                ext = [(f"{chain.text}, {c.text}", c) for c in chain.pool if base + self.token_count(c.text) - 1 <= limit]
+                chain.active = bool(ext)
+                if ext:
+                    steps.append((chain, ext))
+        if not steps:
+            return False
+        vectors = encode([t for _, ext in steps for t, _ in ext])
+        start = 0
+        for chain, ext in steps:
+            v = vectors[start : start + len(ext)]
+            start += len(ext)
+            scores = v @ chain.target
+            chain.tried.extend(ScoredPrompt(t, float(s)) for (t, _), s in zip(ext, scores))
+            j = int(np.argmax(scores))
+            if scores[j] <= chain.score + self.config.min_gain:
+                chain.active = False
+                continue
+            chain.text, chain.score, chain.embedding = ext[j][0], float(scores[j]), v[j]
+            chain.pool.remove(ext[j][1])
+        return True

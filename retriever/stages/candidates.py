@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 SUBJECT_KINDS = ("caption", "subject")
 
@@ -22,7 +22,7 @@ class Candidate:
         return self.rerank_score if self.rerank_score is not None else self.retrieval_score
 
     def with_rerank(self, score: float) -> "Candidate":
-        return replace(self, rerank_score=score)
+        return Candidate(self.text, self.kind, self.source, self.index, self.row, self.retrieval_score, score)
 
     def as_dict(self) -> dict:
         return {

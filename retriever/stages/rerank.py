@@ -65,14 +65,23 @@ class Reranker:
         self.keep = keep
 
     def rerank(self, image_vector: np.ndarray, candidates: Candidates) -> Candidates:
-        """Candidates per kind re-scored by cosine with the image, sorted, floored and cut to `keep`."""
-        out: Candidates = {}
-        for kind, cands in candidates.items():
-            if not cands:
-                continue
-            scores = self.embeddings.for_candidates(cands) @ image_vector
-            rescored = sorted((c.with_rerank(float(s)) for c, s in zip(cands, scores)), key=lambda c: -c.score)
-            kept = [c for c in rescored if c.score >= self.floor][: self.keep]
-            if kept:
-                out[kind] = kept
+        return self.rerank_batch(image_vector[None], [candidates])[0]
+
+    def rerank_batch(self, image_vectors: np.ndarray, candidates: Sequence[Candidates]) -> list[Candidates]:
+        """Candidates per kind re-scored by cosine with their image, sorted, floored and cut to `keep`. The
+        texts of the whole batch that are neither stored nor remembered are embedded in one encoder call."""
+        flat = [c for cands in candidates for cs in cands.values() for c in cs]
+        vectors = self.embeddings.for_candidates(flat)
+        out: list[Candidates] = []
+        start = 0
+        for image_vector, cands in zip(image_vectors, candidates):
+            kept_by_kind: Candidates = {}
+            for kind, cs in cands.items():
+                scores = vectors[start : start + len(cs)] @ image_vector
+                start += len(cs)
+                rescored = sorted((c.with_rerank(float(s)) for c, s in zip(cs, scores)), key=lambda c: -c.score)
+                kept = [c for c in rescored if c.score >= self.floor][: self.keep]
+                if kept:
+                    kept_by_kind[kind] = kept
+            out.append(kept_by_kind)
         return out

@@ -1,0 +1,59 @@
+"""Tokenising assembled prompts from remembered pieces.
+
+Assembled prompts are components joined by ", " ("a cat, oil painting, by X"); the chain scores hundreds
+of them per image and the same pieces recur. open_clip's ``SimpleTokenizer`` splits text into words
+with a regex and byte-pair-encodes each word on its own, so the tokens of "A, B" are the tokens of A,
+the comma, then the tokens of B, whenever the characters on both sides of ", " are letters or digits
+(a punctuation mark there would merge with the comma into one word). Pieces are tokenised once and
+remembered; the result is identical to the tokenizer's own (a test compares them on real prompts).
+Tokenizers other than ``SimpleTokenizer``, or one with a reduction strategy, are called as they are.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import regex
+import torch
+
+SPLIT = regex.compile(r"(?<=[\p{L}\p{N}]), (?=[\p{L}\p{N}])")
+
+
+class PieceTokenizer:
+    def __init__(self, tokenizer: Callable) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.tokenizer = tokenizer
+        self.exact = isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
+        if self.exact:
+            self.sot, self.eot = tokenizer.sot_token_id, tokenizer.eot_token_id
+            self.comma = tokenizer.encode(",")
+            self.context = tokenizer.context_length
+            self.piece = lru_cache(maxsize=200_000)(lambda text: tuple(tokenizer.encode(text)))
+
+    def ids(self, text: str) -> list[int]:
+        """Start token, the text's tokens, end token (not truncated)."""
+        ids = [self.sot]
+        for j, piece in enumerate(SPLIT.split(text)):
+            if j:
+                ids.extend(self.comma)
+            ids.extend(self.piece(piece))
+        ids.append(self.eot)
+        return ids
+
+    def count(self, text: str) -> int:
+        """Tokens of the text, start and end tokens included (what the 77-token context counts)."""
+        return len(self.ids(text))
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        if not self.exact:
+            return self.tokenizer(list(texts))
+        out = torch.zeros(len(texts), self.context, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = self.ids(text)
+            if len(ids) > self.context:
+                ids = ids[: self.context]
+                ids[-1] = self.eot
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
