@@ -23,7 +23,6 @@ A manifest is TOML (or YAML) like::
 from __future__ import annotations
 
 import glob
-import importlib.util
 import hashlib
 import tomllib
 from importlib import resources
@@ -33,6 +32,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from retriever.errors import ManifestError
+from retriever.paths import package_file
 from retriever.strict import Strict as _Strict, format_validation_error
 
 Format = Literal["auto", "text", "csv", "jsonl", "parquet"]
@@ -147,7 +147,10 @@ def source_files(source: Source, base_dir: str) -> list[str]:
     if source.dataset or is_remote(source.path):
         return expand(source.location, source.name)
     if source.path.startswith("pkg:"):
-        target = package_file(source.path[4:])
+        try:
+            target = package_file(source.path[4:])
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from None
         if target is None:
             package = source.path[4:].partition("/")[0]
             raise ManifestError(
@@ -165,22 +168,6 @@ def source_files(source: Source, base_dir: str) -> list[str]:
     if not files:
         raise ManifestError(f"source {source.name!r}: no files match {pattern}")
     return files
-
-
-def package_file(spec: str) -> Path | None:
-    """'<package>/<file>' inside an installed package, found without importing the package
-    (importing a package can have side effects: clip_interrogator's starts downloads)."""
-    package, _, rel = spec.partition("/")
-    if not package.isidentifier():
-        raise ManifestError(f"pkg:{spec}: {package!r} is not a package name")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        return None
-    root = Path(list(found.submodule_search_locations)[0]).resolve()
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root):
-        raise ManifestError(f"pkg:{spec} points outside the package {package!r}")
-    return target
 
 
 def source_format(source: Source, path: str) -> str:

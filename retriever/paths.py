@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -22,3 +23,20 @@ def resolve_home_path(value: str, subdir: str = "") -> Path:
 
 def index_dir(name: str) -> Path:
     return resolve_home_path(name, "indexes")
+
+
+def package_file(spec: str) -> Path | None:
+    """'<package>/<file>' (a ``pkg:`` path without its prefix) inside an installed package, found without
+    importing the package (importing can have side effects: clip_interrogator's starts downloads). None when
+    the package is not installed; ValueError for a bad name or a path that leaves the package."""
+    package, _, rel = spec.partition("/")
+    if not package.isidentifier():
+        raise ValueError(f"pkg:{spec}: {package!r} is not a package name")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    root = Path(list(found.submodule_search_locations)[0]).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(f"pkg:{spec} points outside the package {package!r}")
+    return target

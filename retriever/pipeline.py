@@ -23,6 +23,7 @@ from retriever.profile import BridgeSpaceSpec, Mode, Profile, load_profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
 from retriever.stages.blend import blend
 from retriever.stages.candidates import Candidate, Candidates, best_of_all, best_subject
+from retriever.stages.describe import Describer
 from retriever.stages.negative import NegativePrompt
 from retriever.stages.prior import Prior
 from retriever.stages.regress import BridgeRegressor, Regressor, load_regressor
@@ -65,9 +66,7 @@ class Interrogation:
         }
         if embeddings:
             out["embedding"] = [round(float(x), 7) for x in self.embedding]
-            out["stage_embeddings"] = {
-                k: [round(float(x), 7) for x in v] for k, v in self.stage_embeddings.items()
-            }
+            out["stage_embeddings"] = {k: [round(float(x), 7) for x in v] for k, v in self.stage_embeddings.items()}
         return out
 
 
@@ -110,6 +109,8 @@ class Interrogator:
         self.regressor = regressor
         self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
         self.prior = Prior.build(profile.prior, indexes, self.text_embeddings, self._metric_embed, profile.name)
+        self.describer = Describer.for_profile(profile, retrieval, indexes, self.metric) if profile.describe.enabled \
+            else None
 
     @classmethod
     def load(cls, profile: str | Profile | None = None, checksums: bool = False) -> "Interrogator":
@@ -128,10 +129,8 @@ class Interrogator:
         if profile.regress.kind == "bridge":
             spec = profile.retrieve.space
             if not isinstance(spec, BridgeSpaceSpec) or retrieval.text_model_id != metric.model_id:
-                raise ProfileError(
-                    f"profile {profile.name}: regress.kind = 'bridge' needs a bridge retrieval space "
-                    f"whose text model is the metric model ({profile.metric_model})"
-                )
+                raise ProfileError(f"profile {profile.name}: regress.kind = 'bridge' needs a bridge retrieval space "
+                                   f"whose text model is the metric model ({profile.metric_model})")
             regressor = BridgeRegressor()
         elif profile.regress.kind == "head":
             regressor = load_regressor(profile.regress, retrieval, metric.model_id, metric.dim, create_space,
@@ -154,12 +153,16 @@ class Interrogator:
         template) where they would cost a model call. Timings are per image (a batch's stage time over its size)."""
         if not images:
             return []
-        images = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        images = [_rgb(im) if isinstance(im, Image.Image) else load_image(im) for im in images]
         mode = mode or self.profile.default_mode
         assembler = Assembler(self.profile.assemble_for(mode, flavours))
         timer = _Timer()
         with timer.stage("image_encode"):
-            retrieval_vectors = self.retrieval_space.encode_images(images)
+            if self.describer:  # the classifier's probabilities serve the description too
+                probabilities = self.retrieval_space.classifier.predict_proba(images)
+                retrieval_vectors = self.retrieval_space.embed_probabilities(probabilities)
+            else:
+                retrieval_vectors = self.retrieval_space.encode_images(images)
             rerank_vectors = (
                 retrieval_vectors if self.rerank_space is self.retrieval_space else self.rerank_space.encode_images(images)
             )
@@ -169,15 +172,22 @@ class Interrogator:
             reranked = self.reranker.rerank_batch(rerank_vectors, retrieved)
             # a floor that empties everything must not leave the image without a prompt
             reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
+        to_assemble, styles, confidence = reranked, [self.prior.style] * len(images), None
+        if self.describer:
+            with timer.stage("describe"):
+                descriptions = self.describer.describe(probabilities, images)
+                applied = [self.describer.apply(d, c, self.prior.style) for d, c in zip(descriptions, reranked)]
+                to_assemble, styles = [a[0] for a in applied], [a[1] for a in applied]
+                confidence = [d.confidence for d in descriptions]
         with timer.stage("assemble"):
             targets = self.prior.assembly_targets(rerank_vectors)
-            assembled = assembler.assemble_batch(targets, reranked, self.text_embeddings.for_texts, self.prior.style)
+            assembled = assembler.assemble_batch(targets, to_assemble, self.text_embeddings.for_texts, styles)
         with timer.stage("negative"):
             negatives = self.negative(retrieval_vectors)
         with timer.stage("regress"):
             regressed = self.regressor.predict(images, retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
-            results = self._finish(assembled, reranked, regressed, stages)
+            results = self._finish(assembled, reranked, regressed, stages, self._prior_weights(confidence, len(images)))
         for r, negative in zip(results, negatives):
             r.negative_prompt, r.mode = negative, mode
             if mode == "negative":
@@ -187,8 +197,14 @@ class Interrogator:
             r.timings_ms = dict(per_image)
         return results
 
-    def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates],
-                regressed: np.ndarray | None, stages: bool = True) -> list[Interrogation]:
+    def _prior_weights(self, confidence: list[float] | None, n: int) -> list[float]:
+        """The prior's weight in each image's blend: the profile's, plus more the less sure the subject is."""
+        base = self.profile.prior.blend_weight
+        extra = self.profile.describe.uncertainty_prior_weight
+        return [base + extra * (1 - c) for c in confidence] if confidence is not None else [base] * n
+
+    def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates], regressed: np.ndarray | None,
+                stages: bool, prior_weights: list[float]) -> list[Interrogation]:
         tops = [_top_subject(c) for c in reranked]
         templates = [a.template.text if a.template else a.text for a in assembled]
         if self._rerank_is_metric:  # the rerank space is the metric's: reuse its (stored) embeddings
@@ -209,11 +225,16 @@ class Interrogator:
             if reg is not None:
                 named["regressor"] = reg
             final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
-                          self.prior.metric, self.profile.prior.blend_weight)
+                          self.prior.metric, prior_weights[i])
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
             results.append(Interrogation(a.text, tops[i].text, final, named, cands, a.tried,
                                          template_candidates=a.template_count))
         return results
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """A caller's own PIL image in any mode (L, RGBA, P, I;16 ...) as the encoders expect it."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _only_best(candidates: Candidates) -> Candidates:

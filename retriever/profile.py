@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from retriever.encoders.minilm import METRIC_MODEL
 from retriever.errors import ProfileError
+from retriever.stage_configs import BlendConfig, DescribeConfig, NegativeConfig, PriorConfig
 from retriever.strict import Strict as _Strict, format_validation_error
 
 DEFAULT_PROFILE = "lite"
@@ -114,13 +115,6 @@ DEFAULT_MODES: dict[str, ModeConfig] = {
 }
 
 
-class NegativeConfig(_Strict):
-    """The negative prompt: the components of these kinds least like the image (searched with the negated vector)."""
-
-    kinds: list[str] = ["flavour"]
-    count: int = Field(default=6, ge=1, le=50)
-
-
 class HeadRef(_Strict):
     """One regressor head: its file, and the image space whose features it reads (the retrieval space unless
     named: heads over different image encoders can be averaged)."""
@@ -147,29 +141,6 @@ class RegressConfig(_Strict):
         return self
 
 
-class BlendConfig(_Strict):
-    text_weight: float = Field(ge=0)
-    regressor_weight: float = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _not_both_zero(self) -> "BlendConfig":
-        if self.text_weight + self.regressor_weight <= 0:
-            raise ValueError("blend weights must not both be 0")
-        return self
-
-
-class PriorConfig(_Strict):
-    """What prompts look like, apart from any image: the mean embedding of the first `top` texts of one
-    kind in the index (clip-interrogator's flavours come most-used first). It can pull the assembly
-    target and the final blend toward prompt style; both weights 0 (the default) switch it off."""
-
-    kind: str = "flavour"
-    top: int = Field(default=200, ge=1)
-    assemble_weight: float = Field(default=0.0, ge=0, description="added to the image vector as the assembly target")
-    style_candidates: int = Field(default=16, ge=0, description="first prior texts the greedy chain may add")
-    blend_weight: float = Field(default=0.0, ge=0, description="weight of the prior in the final blend")
-
-
 class Profile(_Strict):
     name: str
     description: str = ""
@@ -181,6 +152,7 @@ class Profile(_Strict):
     blend: BlendConfig
     prior: PriorConfig = PriorConfig()
     negative: NegativeConfig = NegativeConfig()
+    describe: DescribeConfig = DescribeConfig()
     modes: dict[Mode, ModeConfig] = Field(default_factory=lambda: dict(DEFAULT_MODES))
     default_mode: Mode = "best"
     source: str = Field(default="", description="where the profile was read from (filled in on load)")

@@ -30,6 +30,8 @@ def test_python_api(lite_interrogator):
     assert {"image_encode", "retrieve", "rerank", "assemble", "negative", "regress", "blend"} <= set(result.timings_ms)
     same = lite_interrogator.interrogate(Image.open(CAT))  # a PIL image as well as a path
     assert same.prompt == result.prompt
+    grey = lite_interrogator.interrogate(Image.open(CAT).convert("L"))  # in any mode
+    assert grey.prompt.startswith("a black and white photo")
     batch = lite_interrogator.interrogate_batch([CAT, EXAMPLES / "coffee.jpg"])
     assert batch[0].prompt == result.prompt and np.allclose(batch[0].embedding, result.embedding, atol=1e-5)
 
@@ -44,7 +46,7 @@ def test_interrogator_load_by_name(lite_profile, session_home, monkeypatch):
 def test_modes_map_onto_the_assembly(lite_interrogator):
     best = lite_interrogator.interrogate(CAT)
     fast = lite_interrogator.interrogate(CAT, mode="fast")
-    assert fast.prompt == fast.retrieval_prompt and fast.mode == "fast"  # retrieval only
+    assert fast.prompt == "an Egyptian cat" and fast.retrieval_prompt == "Egyptian cat" and fast.mode == "fast"  # subject only
     negative = lite_interrogator.interrogate(CAT, mode="negative")
     assert negative.prompt == negative.negative_prompt == best.negative_prompt
     no_chain = lite_interrogator.interrogate(CAT, flavours=0)

@@ -121,9 +121,9 @@ def test_score_cli_prints_mean_count_interval_and_errors_cleanly(tmp_path):
 def prompt_only_profile(tmp_path_factory, lite_profile):
     """lite with the blend on the prompt alone (no regressor, no prior), so the final embedding is MiniLM(prompt)."""
     text = (REPO / "retriever" / "profiles" / "lite.toml").read_text()
-    text = text.replace("text_weight = 0.5", "text_weight = 1.0").replace("regressor_weight = 0.5", "regressor_weight = 0.0")
-    text = text.replace("blend_weight = 0.5", "blend_weight = 0.0")
-    assert "blend_weight = 0.0" in text
+    text = text.replace("regressor_weight = 0.25", "regressor_weight = 0.0")
+    text = text.replace("blend_weight = 0.5", "blend_weight = 0.0").replace("uncertainty_prior_weight = 0.5", "")
+    assert "blend_weight = 0.0" in text and "regressor_weight = 0.0" in text
     path = tmp_path_factory.mktemp("profiles") / "lite-prompt.toml"
     path.write_text(text)
     return path

@@ -47,6 +47,10 @@ class SentenceEncoder:
         # on 96 assembled prompts); a GPU takes 256 at once
         self.batch_size = batch_size or (256 if self._model.device.type == "cuda" else 32)
 
+    def vocabulary(self) -> set[str]:
+        """The tokenizer's whole words (no "##" continuations): a word outside it is rare or misspelt."""
+        return {w for w in self._model.tokenizer.get_vocab() if w.isalpha()}
+
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -118,15 +118,17 @@ class Assembler:
 
     def assemble(self, target: np.ndarray, candidates: Candidates, encode: EncodeFn,
                  style: Sequence[Candidate] = ()) -> AssembledPrompt:
-        return self.assemble_batch(target[None], [candidates], encode, style)[0]
+        return self.assemble_batch(target[None], [candidates], encode, [style])[0]
 
     def assemble_batch(self, targets: np.ndarray, candidates: Sequence[Candidates], encode: EncodeFn,
-                       style: Sequence[Candidate] = ()) -> list[AssembledPrompt]:
-        """One prompt per image. ``style``: extra components (e.g. the most-used flavours) the chain may add."""
+                       styles: Sequence[Sequence[Candidate]] | None = None) -> list[AssembledPrompt]:
+        """One prompt per image. ``styles``: per image, extra components (e.g. the most-used flavours) the
+        chain may add."""
+        styles = styles if styles is not None else [()] * len(candidates)
         options = [self.template_options(c) for c in candidates]
         vectors = encode([t for opts in options for t, _ in opts])
         chains, results, start = [], [], 0
-        for target, cands, opts in zip(targets, candidates, options):
+        for target, cands, opts, style in zip(targets, candidates, options, styles):
             v = vectors[start : start + len(opts)]
             start += len(opts)
             scores = v @ target

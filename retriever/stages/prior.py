@@ -41,8 +41,13 @@ class Prior:
                           for r in range(start, min(end, start + config.top))]
         if not cands:
             raise ProfileError(f"profile {profile_name}: prior.kind {config.kind!r} is in none of its indexes")
-        rerank = l2_normalize(embeddings.for_candidates(cands).mean(axis=0))
-        metric = l2_normalize(metric_embed([c.text for c in cands]).mean(axis=0))
+        if config.texts:  # prompts written as prompts are: their mean is the prior
+            texts = prior_texts(config.texts, profile_name)
+            rerank = l2_normalize(embeddings.for_texts(texts).mean(axis=0))
+            metric = l2_normalize(metric_embed(texts).mean(axis=0))
+        else:
+            rerank = l2_normalize(embeddings.for_candidates(cands).mean(axis=0))
+            metric = l2_normalize(metric_embed([c.text for c in cands]).mean(axis=0))
         style = tuple(cands[: config.style_candidates]) if config.assemble_weight else ()
         return cls(config, rerank, metric, style)
 
@@ -51,3 +56,20 @@ class Prior:
         if self.rerank is None or not self.config.assemble_weight:
             return image_vectors
         return l2_normalize(image_vectors + self.config.assemble_weight * self.rerank)
+
+
+def prior_texts(location: str, profile_name: str) -> list[str]:
+    """The lines of a prompt file (``pkg:<package>/<file>`` or a path), without blank lines and # comments."""
+    from pathlib import Path
+
+    from retriever.paths import package_file
+
+    try:
+        path = package_file(location[4:]) if location.startswith("pkg:") else Path(location).expanduser()
+        lines = path.read_text(encoding="utf-8").splitlines() if path else []
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"profile {profile_name}: prior.texts {location} cannot be read ({exc})") from None
+    texts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not texts:
+        raise ProfileError(f"profile {profile_name}: prior.texts {location} holds no prompts")
+    return texts

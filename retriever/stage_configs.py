@@ -1,0 +1,73 @@
+"""The knobs of the later stages (negative prompt, blend, prior, describe), as profile sections.
+
+``retriever.profile`` composes them into a Profile; they live here to keep each module small.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from retriever.strict import Strict as _Strict
+
+
+class NegativeConfig(_Strict):
+    """The negative prompt: the components of these kinds least like the image (searched with the negated vector)."""
+
+    kinds: list[str] = ["flavour"]
+    count: int = Field(default=6, ge=1, le=50)
+
+
+class BlendConfig(_Strict):
+    text_weight: float = Field(ge=0)
+    regressor_weight: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> "BlendConfig":
+        if self.text_weight + self.regressor_weight <= 0:
+            raise ValueError("blend weights must not both be 0")
+        return self
+
+
+class PriorConfig(_Strict):
+    """What prompts look like, apart from any image: the mean embedding of the first `top` texts of one
+    kind in the index (clip-interrogator's flavours come most-used first). It can pull the assembly
+    target and the final blend toward prompt style; both weights 0 (the default) switch it off."""
+
+    kind: str = "flavour"
+    top: int = Field(default=200, ge=1)
+    texts: str | None = Field(default=None, description="a text file of prompts (pkg:<package>/<file> or a path) "
+                                                        "whose mean is the prior instead of the index's texts")
+    assemble_weight: float = Field(default=0.0, ge=0, description="added to the image vector as the assembly target")
+    style_candidates: int = Field(default=16, ge=0, description="first prior texts the greedy chain may add")
+    blend_weight: float = Field(default=0.0, ge=0, description="weight of the prior in the final blend")
+
+
+GENERIC_PARENTS = ["entity", "physical entity", "object", "whole", "artifact", "living thing", "organism",
+                   "instrumentality", "chordate", "vertebrate", "placental", "matter", "solid", "substance",
+                   "abstraction", "covering", "structure", "device", "implement", "commodity", "equipment",
+                   "furnishing", "container", "conveyance", "invertebrate", "diapsid", "craft", "material",
+                   "part", "natural object", "geological formation", "protective covering", "causal agent", "person"]
+GRAPHIC_CLASSES = ["web site", "comic book", "crossword puzzle", "book jacket", "menu", "jigsaw puzzle", "envelope",
+                   "packet", "binder", "street sign", "scoreboard", "screen", "monitor", "television", "oscilloscope"]
+
+
+class DescribeConfig(_Strict):
+    """The lite describe stage (retriever/stages/describe.py): a subject named only as far as the classifier
+    is sure, a medium decided from the image, cleaner candidates. Needs a classifier (bridge) retrieval space."""
+
+    enabled: bool = False
+    confident: float = Field(default=0.5, gt=0, le=1, description="top-class probability to name the class")
+    parent_mass: float = Field(default=0.5, gt=0, le=1, description="summed probability to name a WordNet parent")
+    generic: list[str] = Field(default_factory=lambda: list(GENERIC_PARENTS),
+                               description="WordNet parents too vague to name")
+    graphic_classes: list[str] = Field(default_factory=lambda: list(GRAPHIC_CLASSES))
+    graphic_mass: float = Field(default=0.35, description="probability on graphic classes: painting or illustration")
+    illustration_flat: float = Field(default=0.35, description="share of perfectly flat pixels: an illustration")
+    painting_noise: float = Field(default=12.0, description="a graphic image this noisy is a painting")
+    render_noise: float = Field(default=1.0, description="a colourful image this smooth is a 3D render")
+    render_saturation: float = 0.2
+    grey_saturation: float = Field(default=0.06, description="under this mean saturation a photo is black and white")
+    photo_drop_kinds: list[str] = ["artist", "movement"]
+    jargon_flavours: int = Field(default=500, ge=0, description="words of the first N flavours count as real words")
+    uncertainty_prior_weight: float = Field(default=0.0, ge=0, description="the prior's blend weight grows by this "
+                                                                            "times (1 - the subject's confidence)")

@@ -1,0 +1,123 @@
+"""Describe (lite): what the classifier is sure of, in words a person would accept.
+
+* **Subject, by confidence.** When the top ImageNet class has at least ``confident`` probability, it is named
+  ("a tabby"). Otherwise probability is summed up the WordNet hierarchy (``imagenet_hypernyms``) and the most
+  specific parent holding at least ``parent_mass`` is named instead ("a cat", "a dog", "a vehicle"); generic
+  parents ("object", "artifact", ...) never are, and then the prompt names no subject. The confidence
+  (the named node's probability) later shrinks the final embedding toward the prior.
+* **Medium** from the image (``stages.medium``): the one medium candidate the templates may use.
+* **Cleaner candidates.** Components that are not real words (spelling lookalikes such as "espoo" next to
+  "espresso": every word must be a whole word of the metric model's vocabulary or of the most-used flavours),
+  near-duplicates of the subject, and, for a photo, any art-medium component, artist or movement are dropped.
+  With no subject named, the retrieved components (nouns near the wrong classes) are dropped too: only the
+  prior's style components may join the chain.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from retriever.imagenet import imagenet_classes, imagenet_hypernyms
+from retriever.errors import ProfileError
+from retriever.profile import DescribeConfig, Profile
+from retriever.stages.candidates import Candidate, Candidates
+from retriever.stages.medium import decide_medium, medium_phrase, names_art_medium, pixel_stats
+
+WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class Description:
+    medium: str  # photo | painting | illustration | 3D render
+    medium_text: str  # "a photo", "a black and white photo", "an illustration", ...
+    subject: str | None  # "a tabby", "a cat", or None when nothing specific is sure enough
+    confidence: float  # probability of the named subject (0 when none)
+
+
+def with_article(name: str) -> str:
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+
+
+class Describer:
+    def __init__(self, config: DescribeConfig, known_word: Callable[[str], bool]) -> None:
+        self.config = config
+        self.known_word = known_word
+        classes, chains = imagenet_classes(), imagenet_hypernyms()
+        self.leaf_names = classes
+        parents = sorted({p for chain in chains for p in chain[1:]} - set(config.generic))
+        self.parent_names = parents
+        index = {p: j for j, p in enumerate(parents)}
+        self.member = np.zeros((len(classes), len(parents)), np.float32)  # class i lies under parent j
+        self.depth = np.zeros(len(parents), np.int32)
+        for i, chain in enumerate(chains):
+            for d, p in enumerate(reversed(chain[1:])):
+                if p in index:
+                    self.member[i, index[p]] = 1
+                    self.depth[index[p]] = d
+        self.graphic = [classes.index(c) for c in config.graphic_classes]
+
+    @classmethod
+    def for_profile(cls, profile: Profile, space: object, indexes: dict, metric) -> "Describer":
+        """The profile's describer: it reads the bridge classifier's probabilities, and knows real words from the
+        metric model's vocabulary plus the words of the indexes' most-used flavours."""
+        if not hasattr(space, "classifier"):
+            raise ProfileError(f"profile {profile.name}: describe.enabled needs a bridge (classifier) retrieval space")
+        jargon: set[str] = set()
+        for index in indexes.values():
+            if "flavour" in index.record.kinds:
+                start, end = index.record.kinds["flavour"]
+                for row in range(start, min(end, start + profile.describe.jargon_flavours)):
+                    jargon.update(WORD.findall(index.text(row).lower()))
+        vocabulary = metric.vocabulary()
+        return cls(profile.describe, lambda word: word in vocabulary or word in jargon)
+
+    def describe(self, probabilities: np.ndarray, images: Sequence[Image.Image]) -> list[Description]:
+        out = []
+        for p, image in zip(probabilities, images):
+            stats = pixel_stats(image)
+            medium = decide_medium(stats, float(p[self.graphic].sum()), self.config)
+            subject, confidence = self._subject(p)
+            out.append(Description(medium, medium_phrase(medium, stats, self.config), subject, confidence))
+        return out
+
+    def _subject(self, p: np.ndarray) -> tuple[str | None, float]:
+        top = int(np.argmax(p))
+        if p[top] >= self.config.confident:
+            return with_article(self.leaf_names[top]), float(p[top])
+        mass = p @ self.member
+        sure = np.flatnonzero(mass >= self.config.parent_mass)
+        if not len(sure):
+            return None, 0.0
+        best = sure[np.argmax(self.depth[sure] + mass[sure])]  # the most specific sure parent
+        return with_article(self.parent_names[best]), float(mass[best])
+
+    def apply(self, d: Description, candidates: Candidates, style: Sequence[Candidate]) -> tuple[Candidates,
+                                                                                                   list[Candidate]]:
+        """The image's candidates with the description's medium and subject, and its chain pool cleaned."""
+        out: Candidates = {"medium": [Candidate(d.medium_text, "medium", "describe", "", -1, 1.0, 1.0)]}
+        if d.subject:
+            out["subject"] = [Candidate(d.subject, "subject", "describe", "", -1, 1.0, 1.0)]
+        for kind, cands in candidates.items():
+            if kind in ("medium", "subject", "caption") or not d.subject:  # unsure: only the prior's style
+                continue
+            if d.medium == "photo" and kind in self.config.photo_drop_kinds:
+                continue
+            kept = [c for c in cands if self.keep(c.text, d)]
+            if kept:
+                out[kind] = kept
+        return out, [c for c in style if self.keep(c.text, d)]
+
+    def keep(self, text: str, d: Description) -> bool:
+        if d.medium == "photo" and names_art_medium(text):
+            return False
+        words = WORD.findall(text.lower())
+        if not all(self.known_word(w) for w in words if len(w) > 2):
+            return False
+        subject = [w for w in WORD.findall((d.subject or "").lower()) if len(w) > 2]
+        return not any(w == s or SequenceMatcher(None, w, s).ratio() >= 0.75 for w in words for s in subject)
