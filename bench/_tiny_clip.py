@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def tiny_clip_spec(root: Path, name: str = "unprompt-bench-clip", embed_dim: int = 384, width: int = 128,
-                   layers: int = 2, seed: int = 0):
+                   layers: int = 2, seed: int = 0, vision: dict | None = None):
     import open_clip
     import torch
 
@@ -18,7 +18,7 @@ def tiny_clip_spec(root: Path, name: str = "unprompt-bench-clip", embed_dim: int
     checkpoint = root / f"{name}.pt"
     config.write_text(json.dumps({
         "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16, "head_width": 32},
+        "vision_cfg": vision or {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16, "head_width": 32},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 4, "layers": layers},
     }))
     if not checkpoint.exists():

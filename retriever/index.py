@@ -14,7 +14,7 @@ from retriever.index_files import BuildRecord, read_record, verify_files
 from retriever.search_device import Preference, place
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hit:
     row: int
     score: float
@@ -106,29 +106,50 @@ class TextIndex:
             return [[] for _ in range(len(q))]
         if self.exact_gpu is not None:
             scores, ids = self.exact_gpu.search(q, k, start, end)
-            return [[self.hit(int(i), float(s)) for s, i in zip(srow, irow)] for srow, irow in zip(scores, ids)]
+            return self._hit_lists(np.asarray(ids), np.asarray(scores), k)
         exact_scores = not self.record.exact and self.vectors is not None and rescore > 1
         fetch = min(k * rescore, end - start) if exact_scores else k
         if (start, end) == (0, len(self)):  # the whole index: the placed one (on the GPU when there is one)
             scores, ids = self.placed.search(q, fetch)
         else:  # one kind's rows: a range selector, which only the CPU index takes
             scores, ids = self.index.search(q, fetch, params=_search_params(self.index, faiss.IDSelectorRange(start, end, True)))
-        out = []
-        for qi, (srow, irow) in enumerate(zip(scores, ids)):
-            valid = irow >= 0
-            srow, irow = srow[valid], irow[valid]
-            if exact_scores and len(irow):
-                order = np.argsort(irow)  # sorted reads are kinder to a memory-mapped file
-                exact = np.asarray(self.vectors[irow[order]], dtype=np.float32) @ q[qi]
-                srow = np.empty_like(exact)
-                srow[order] = exact
-                best = np.argsort(-srow, kind="stable")[:k]
-                srow, irow = srow[best], irow[best]
-            out.append([self.hit(int(i), float(s)) for s, i in zip(srow[:k], irow[:k])])
-        return out
+        if exact_scores:
+            scores, ids = self._rescore(q, ids, k)
+        return self._hit_lists(ids, scores, k)
 
-    def hit(self, row: int, score: float) -> Hit:
-        return Hit(row, score, self._texts[row], self._kinds[row], self._sources[row])
+    def _hit_lists(self, ids: np.ndarray, scores: np.ndarray, k: int) -> list[list[Hit]]:
+        """Each query's valid hits (at most k), the batch's texts read in one gather per column."""
+        ids, scores = ids[:, :k], scores[:, :k]
+        valid = ids >= 0
+        flat = self.hits(ids[valid], scores[valid])
+        ends = np.cumsum(valid.sum(axis=1))
+        return [flat[e - n : e] for e, n in zip(ends, valid.sum(axis=1))]
+
+    def _rescore(self, q: np.ndarray, ids: np.ndarray, k: int, group: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of each query's shortlist from the stored vectors, best k first. Queries go in groups:
+        each group's distinct rows are read once, in row order (kinder to a memory-mapped file)."""
+        out_scores = np.full((len(q), k), -np.inf, np.float32)
+        out_ids = np.full((len(q), k), -1, np.int64)
+        for g in range(0, len(q), group):
+            gid = ids[g : g + group]
+            valid = gid >= 0
+            rows = np.unique(gid[valid])
+            if not len(rows):
+                continue
+            table = np.asarray(self.vectors[rows], dtype=np.float32) @ q[g : g + group].T  # (rows, queries)
+            pos = np.searchsorted(rows, np.where(valid, gid, rows[0]))
+            exact = np.where(valid, table[pos, np.arange(len(gid))[:, None]], -np.inf)
+            best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            out_scores[g : g + group, : best.shape[1]] = np.take_along_axis(exact, best, axis=1)
+            out_ids[g : g + group, : best.shape[1]] = np.where(np.isfinite(out_scores[g : g + group, : best.shape[1]]),
+                                                               np.take_along_axis(gid, best, axis=1), -1)
+        return out_scores, out_ids
+
+    def hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        """Hits for many rows: one gather per column (a row at a time costs a lookup per field)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        texts, kinds, sources = (col.gather(rows).to_list() for col in (self._texts, self._kinds, self._sources))
+        return [Hit(int(r), float(s), t, k, src) for r, s, t, k, src in zip(rows, scores, texts, kinds, sources)]
 
     def text(self, row: int) -> str:
         return self._texts[row]

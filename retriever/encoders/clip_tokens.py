@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable, Sequence
 
+import numpy as np
 import regex
 import torch
 
@@ -44,16 +45,17 @@ class PieceTokenizer:
 
     def count(self, text: str) -> int:
         """Tokens of the text, start and end tokens included (what the 77-token context counts)."""
-        return len(self.ids(text))
+        pieces = SPLIT.split(text)
+        return 2 + len(self.comma) * (len(pieces) - 1) + sum(len(self.piece(p)) for p in pieces)
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         if not self.exact:
             return self.tokenizer(list(texts))
-        out = torch.zeros(len(texts), self.context, dtype=torch.long)
+        out = np.zeros((len(texts), self.context), dtype=np.int64)
         for i, text in enumerate(texts):
             ids = self.ids(text)
             if len(ids) > self.context:
                 ids = ids[: self.context]
                 ids[-1] = self.eot
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
+            out[i, : len(ids)] = ids
+        return torch.from_numpy(out)

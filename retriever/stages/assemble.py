@@ -45,7 +45,7 @@ def template_slots(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScoredPrompt:
     text: str
     score: float

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 SUBJECT_KINDS = ("caption", "subject")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate:
+    """One candidate text and its scores (plain slots: tens of thousands are made per batch, and a frozen
+    dataclass's constructor costs several times more)."""
+
     text: str
     kind: str
     source: str

@@ -79,7 +79,7 @@ class Reranker:
             for kind, cs in cands.items():
                 scores = vectors[start : start + len(cs)] @ image_vector
                 start += len(cs)
-                rescored = sorted((c.with_rerank(float(s)) for c, s in zip(cs, scores)), key=lambda c: -c.score)
+                rescored = sorted((c.with_rerank(s) for c, s in zip(cs, scores.tolist())), key=lambda c: -c.score)
                 kept = [c for c in rescored if c.score >= self.floor][: self.keep]
                 if kept:
                     kept_by_kind[kind] = kept
