@@ -1,8 +1,9 @@
-"""Feed images to the interrogator in batches: decoding runs in a thread pool ahead of the model.
+"""Feed images to the interrogator in batches, decoding ahead of the model where that helps.
 
 ``interrogate_files`` is the one batched path of ``predict``, ``submit`` and ``eval``: files are read and
-admitted (``retriever.images``) by ``workers`` threads up to ``ahead`` batches before the model needs them;
-each batch goes through ``Interrogator.interrogate_batch`` once. A batch the model cannot finish (an image
+admitted (``retriever.images``); when a GPU runs the model, ``workers`` threads decode up to ``ahead`` batches
+before the model needs them (on a CPU-only machine the decoding threads would only take the model's cores, so
+each batch is decoded when it is asked for); each batch goes through ``Interrogator.interrogate_batch`` once. A batch the model cannot finish (an image
 that needs too much memory) is retried image by image, so one bad image costs only its own answer.
 """
 

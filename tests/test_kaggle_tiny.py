@@ -271,4 +271,5 @@ def test_text_init_then_pairs_fine_tune_beats_text_only_on_held_out_pairs(kaggle
     both_cos, meta = held_out_cosine(both)
     assert meta["mode"] == "prompts+pairs" and set(meta["stages"]) == {"prompts", "pairs"}
     assert set(meta["sources"]) == {"prompts", "pairs"} and len(meta["sources"]["pairs"]["sha256"]) == 20
+    print(f"held-out cosine: text-only {text_cos:.3f}, text init + pairs fine-tune {both_cos:.3f}")
     assert both_cos > text_cos + 0.05, (both_cos, text_cos)
