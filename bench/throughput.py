@@ -20,7 +20,6 @@ per-image time is (t20 - t1) / 19.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys

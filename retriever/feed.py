@@ -3,8 +3,9 @@
 ``interrogate_files`` is the one batched path of ``predict``, ``submit`` and ``eval``: files are read and
 admitted (``retriever.images``); when a GPU runs the model, ``workers`` threads decode up to ``ahead`` batches
 before the model needs them (on a CPU-only machine the decoding threads would only take the model's cores, so
-each batch is decoded when it is asked for); each batch goes through ``Interrogator.interrogate_batch`` once. A batch the model cannot finish (an image
-that needs too much memory) is retried image by image, so one bad image costs only its own answer.
+each batch is decoded when it is asked for); each batch goes through ``Interrogator.interrogate_batch`` once.
+A batch the model cannot finish (an image that needs too much memory) is retried image by image, so one bad
+image costs only its own answer.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 
 Each output line is the class's synset, then its parents up to "entity", each as its first lemma, joined by
 "|" (the first hypernym at each step). ImageNet ids (n01440764) are WordNet 3.0 noun offsets. WordNet's
-license is in WORDNET_LICENSE beside the output. This script is not part of the package.
+license is in WORDNET_LICENSE beside the output. The script ships beside the data it made; nothing imports it.
 """
 
 import sys

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from retriever.errors import UnpromptError
 from retriever.evaluation.metric import Score, metric_embed, row_cosines, summarise
 from retriever.evaluation.tables import (Prompts, ScoreInputError, align, read_pairs, read_predictions, read_truth,
                                          write_long, write_short)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -80,6 +80,3 @@ def names_art_medium(text: str) -> bool:
     """True when the text contains an art-medium term as whole words ("illustration", "octane render", ...)."""
     return _art_pattern().search(text.lower()) is not None
 
-
-def photo_safe(texts: Iterable[str]) -> list[str]:
-    return [t for t in texts if not names_art_medium(t)]
