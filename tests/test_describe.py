@@ -112,3 +112,10 @@ def test_the_dev_set_is_40_real_images_in_two_disjoint_halves():
     assert all(any(k in held_names for k in (name, {"cat": "chelsea", "galaxies": "hubble", "clock": "clock_motion",
                                                      "motorcycle": "motorcycle_left"}.get(name, name)))
                for name in examples)  # images eval.csv also uses are only in the held-out half
+
+
+def test_a_misnamed_graphic_class_is_a_profile_error():
+    from retriever.errors import ProfileError
+
+    with pytest.raises(ProfileError, match="not ImageNet-1k class names: website"):
+        Describer(DescribeConfig(enabled=True, graphic_classes=["web site", "website"]), lambda w: True)

@@ -111,7 +111,7 @@ def register(sub) -> None:
     p.add_argument("--flavours", type=int, default=None, metavar="N",
                    help="most components the assembly may chain (default: the profile's)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help="images per model call (on a GPU, decoding runs ahead in threads); results do not depend on it")
+                   help="images per model call (decoding runs ahead in threads); results do not depend on it")
     p.add_argument("--top", type=positive_int, default=20, help="candidates to include with jsonl")
     p.add_argument("--no-embedding", action="store_true", help="leave embeddings out of jsonl output")
     p.add_argument("--max-pixels", type=positive_int, default=LIMITS.max_pixels,

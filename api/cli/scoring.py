@@ -63,7 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _add_batch_size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help="images per model call (on a GPU, decoding runs ahead in threads); results do not depend on it")
+                   help="images per model call (decoding runs ahead in threads); results do not depend on it")
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:

@@ -60,6 +60,10 @@ class Describer:
                 if p in index:
                     self.member[i, index[p]] = 1
                     self.depth[index[p]] = d
+        unknown = [c for c in config.graphic_classes if c not in classes]
+        if unknown:
+            raise ProfileError(f"describe.graphic_classes: not ImageNet-1k class names: {', '.join(unknown)} "
+                               "(see retriever/data/imagenet_classes.txt)")
         self.graphic = [classes.index(c) for c in config.graphic_classes]
 
     @classmethod
