@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from retriever.errors import ManifestError
-from retriever.paths import package_file
+from retriever.paths import local_file
 from retriever.strict import Strict as _Strict, format_validation_error
 
 Format = Literal["auto", "text", "csv", "jsonl", "parquet"]
@@ -148,14 +148,9 @@ def source_files(source: Source, base_dir: str) -> list[str]:
         return expand(source.location, source.name)
     if source.path.startswith("pkg:"):
         try:
-            target = package_file(source.path[4:])
+            target = local_file(source.path)
         except ValueError as exc:
-            raise ManifestError(str(exc)) from None
-        if target is None:
-            package = source.path[4:].partition("/")[0]
-            raise ManifestError(
-                f"source {source.name!r}: package {package!r} is not installed"
-            )
+            raise ManifestError(f"source {source.name!r}: {exc}") from None
         if not target.is_file():
             raise ManifestError(f"source {source.name!r}: {source.path} does not exist")
         return [str(target)]

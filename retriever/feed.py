@@ -47,10 +47,10 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _decode(path: str, limits: ImageLimits | None) -> Decoded:
+def _decode(path: str, limits: ImageLimits) -> Decoded:
     t0 = time.perf_counter()
     try:
-        image = load_image(path, limits) if limits else load_image(path)
+        image = load_image(path, limits)
     except UnpromptError as exc:
         return Decoded(path, error=str(exc))
     except MemoryError:
@@ -59,7 +59,7 @@ def _decode(path: str, limits: ImageLimits | None) -> Decoded:
 
 
 def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
-                    limits: ImageLimits | None = None, workers: int = DECODE_WORKERS,
+                    limits: ImageLimits = ImageLimits(), workers: int = DECODE_WORKERS,
                     ahead: int = 2) -> Iterator[list[Decoded]]:
     """Batches of decoded images in input order, decoding up to ``ahead`` batches ahead of the consumer in
     ``workers`` threads (0: each batch is decoded when it is asked for)."""
@@ -83,7 +83,7 @@ def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH
 
 
 def interrogate_files(interrogator: "Interrogator", paths: Sequence[str | Path],
-                      batch_size: int = DEFAULT_BATCH_SIZE, limits: ImageLimits | None = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE, limits: ImageLimits = ImageLimits(),
                       mode: "Mode | None" = None, flavours: int | None = None, stages: bool = True) -> Iterator[Answer]:
     """One Answer per path, in input order: a result with its timings (decode and every stage, per image), or
     the reason the image could not be answered. ``stages``: as ``Interrogator.interrogate_batch``."""

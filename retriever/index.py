@@ -121,9 +121,8 @@ class TextIndex:
         """Each query's valid hits (at most k), the batch's texts read in one gather per column."""
         ids, scores = ids[:, :k], scores[:, :k]
         valid = ids >= 0
-        flat = self.hits(ids[valid], scores[valid])
-        ends = np.cumsum(valid.sum(axis=1))
-        return [flat[e - n : e] for e, n in zip(ends, valid.sum(axis=1))]
+        flat, counts = self.hits(ids[valid], scores[valid]), valid.sum(axis=1)
+        return [flat[e - n : e] for e, n in zip(np.cumsum(counts), counts)]
 
     def _rescore(self, q: np.ndarray, ids: np.ndarray, k: int, group: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of each query's shortlist from the stored vectors, best k first. Queries go in groups:
@@ -150,6 +149,12 @@ class TextIndex:
         rows = np.asarray(rows, dtype=np.int64)
         texts, kinds, sources = (col.gather(rows).to_list() for col in (self._texts, self._kinds, self._sources))
         return [Hit(int(r), float(s), t, k, src) for r, s, t, k, src in zip(rows, scores, texts, kinds, sources)]
+
+    def first_rows(self, kind: str, n: int) -> range:
+        """The first ``n`` rows of one kind (empty when the index has none): sources keep their order, so for
+        clip-interrogator's flavours these are the most used."""
+        start, end = self.record.kinds.get(kind, (0, 0))
+        return range(start, min(end, start + n))
 
     def text(self, row: int) -> str:
         return self._texts[row]

