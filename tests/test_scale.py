@@ -72,7 +72,7 @@ def test_setup_dry_run_lists_what_the_kaggle_profile_would_build():
     assert res.returncode == 0, res.stderr
     out = res.stdout
     for needle in ("index captions-bigG", "index components-bigG", "captions.toml", "components-1.6m.toml",
-                   "hf://datasets/poloclub/diffusiondb@main/metadata-large.parquet", "rows 14,000,000",
+                   "hf://datasets/poloclub/diffusiondb@b8d0f99b3a58f59185e5d8a827c753d5ca5de340/metadata-large.parquet", "rows 14,000,000",
                    "license CC0-1.0", "ViT-bigG-14 (1280-d)", "ViT-H-14 (1024-d)", "GiB; RAM to serve", "h on one H100",
                    "11,300 texts/s"):
         assert needle in out, needle

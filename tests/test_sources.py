@@ -172,7 +172,7 @@ class _Slow(_Plain):
 def test_a_download_killed_with_sigkill_resumes(tmp_path):
     served, cache = tmp_path / "served", tmp_path / "cache"
     served.mkdir()
-    blobs = {name: os.urandom(size) for name, size in (("a.bin", 40_000), ("b.bin", 1_500_000))}
+    blobs = {name: os.urandom(size) for name, size in (("a.bin", 40_000), ("b.bin", 600_000))}
     for name, data in blobs.items():
         (served / name).write_bytes(data)
     httpd, url, gets = _serve(served, _Slow)
