@@ -172,7 +172,7 @@ def cached_download(url: str, source_name: str, root: Path | None = None) -> Pat
     beside it and is checked against it before use; a killed download leaves ``<name>.part``, continued with a
     Range request where the server honours one, else started again; a short or failed transfer is retried."""
     root = root or downloads_dir()
-    name = unquote(url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]) or "file"
+    name = re.sub(r"[^\w.-]", "_", unquote(url.rstrip("/").rsplit("/", 1)[-1].split("?")[0])).lstrip(".") or "file"
     folder = root / hashlib.sha256(url.encode()).hexdigest()[:16]
     dest, record = folder / name, folder / f"{name}.sha256"
     if dest.is_file() and record.is_file():

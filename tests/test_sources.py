@@ -241,6 +241,10 @@ def test_diffusiondb_pairs_from_zip_parts_resume_and_train_the_head(endpoint, hu
     assert fetched == [resolve_path(DIFFUSIONDB, DIFFUSIONDB_REV, "images/part-000003.zip")]  # parts 1-2 kept
     assert not (out / "images" / "evil.png").exists() and not list(out.rglob("broken.png"))
     assert not list((out / ".downloads").rglob("*.zip"))  # zips go once their images are out
+    hub.add(DIFFUSIONDB, "images/part-000004.zip", b"PK not a zip", ("main", DIFFUSIONDB_REV))
+    res = run_cli("fetch-pairs", "diffusiondb-2m-pairs.toml", "--out", str(out), "--parts", "1-4", "--quiet")
+    assert res.returncode == 1 and "part 4 failed (BadZipFile" in res.stderr and "Traceback" not in res.stderr
+    assert pl.read_parquet(out / "pairs.parquet").height == 12  # the good parts stay
     bad = run_cli("fetch-pairs", "diffusiondb-2m-pairs.toml", "--out", str(out), "--parts", "0-9999")
     assert bad.returncode == 2 and "has parts 1-2000" in bad.stderr
     profile = tiny_profile(tmp_path, tiny_clip)
