@@ -81,6 +81,12 @@ def test_revision_spellings_reach_the_parquet_conversion_encoded_once(endpoint, 
         (file,) = expand(url, "conv")
         assert "%25" not in file and ("/resolve/~parquet/" in file or "/resolve/refs%2Fconvert%2Fparquet/" in file)
         assert pl.read_parquet(file)["text"].to_list() == ["a", "b"]
+    blob = hub.files("org/converted", "~parquet")["default/train/0000.parquet"]
+    for i in range(120):  # more than a page of the tree listing: huggingface_hub follows the Link header
+        hub.add("org/many", f"data/{i:04d}.parquet", blob)
+    hub.requests.clear()
+    assert len(expand("hf://datasets/org/many/data/*.parquet", "many")) == 120
+    assert sum("/tree/" in p for _, p, _ in hub.requests) == 3
 
 
 def test_check_sources_lists_files_columns_rows_and_names_a_wrong_column(endpoint, hub, tmp_path):
