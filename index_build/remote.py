@@ -37,9 +37,8 @@ SCHEMES = ("hf://", "http://", "https://", "s3://", "gs://", "gcs://", "az://", 
 RETRIES = 5  # object_store retries each request with backoff; downloads resume this many times
 ENDPOINT_ENV = "HF_ENDPOINT"
 DEFAULT_ENDPOINT = "https://huggingface.co"
-PARQUET_ALIAS = "~parquet"  # the hub's name for refs/convert/parquet
 TIMEOUT_S = 60
-_CHUNK = 1 << 20
+_CHUNK = 256 << 10  # bytes a read: a killed download loses at most this much
 
 
 def is_remote(path: str) -> bool:
