@@ -18,11 +18,13 @@ __all__ = ["ImageEncoder", "Space", "TextEncoder", "create_space", "l2_normalize
 def create_space(spec: ClipSpaceSpec | BridgeSpaceSpec) -> Space:
     """Build (once per process and spec) the joint image-text space a profile names."""
     from retriever.profile import ClipSpaceSpec
+    from retriever.threads import apply_threads
 
-    ensure_torchvision_importable()
+    apply_threads()  # before the first model call: torch's pools sized to the CPUs this process may use
     if isinstance(spec, ClipSpaceSpec):
         from retriever.encoders.clip import ClipSpace
 
+        ensure_torchvision_importable()  # open_clip imports torchvision
         return ClipSpace(spec)
     from retriever.encoders.bridge import BridgeSpace
     from retriever.encoders.efficientnet import EfficientNetLiteClassifier
