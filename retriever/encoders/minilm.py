@@ -25,8 +25,8 @@ import numpy as np
 from retriever.errors import MissingWeightsError
 
 METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the Kaggle metric's model
-# tokens per CPU batch (rows x padded length): bench/text_embedding.py --sweep measured 2048-8192 alike on 2 cores
-# (short component texts: ~1900 texts/s at 4096 against ~700 for sentence-transformers' batches of 16)
+# tokens per batch (rows x padded length) before a build calibrates its own (index_build/embed.py
+# calibrate_token_budget: bench/results/lite-build-cpu.txt prints the texts/s of each candidate)
 CPU_TOKEN_BUDGET = 4096
 GPU_TOKEN_BUDGET = 65536
 MAX_BATCH_ROWS = 512
