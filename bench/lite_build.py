@@ -104,6 +104,7 @@ def run(method: str, texts_file: str, out_file: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=3 * SHARD, help="texts (0 = all of components.toml)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each method, interleaved (the best is kept)")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "TEXTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -114,13 +115,13 @@ def main() -> int:
     texts = staged_texts(args.n)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "texts.json").write_text(json.dumps(texts))
-    print(f"$ .venv/bin/python bench/lite_build.py{'' if args.n == 3 * SHARD else f' --n {args.n}'}")
+    print(f"$ .venv/bin/python bench/lite_build.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"{time.strftime('%Y-%m-%d %H:%M')} UTC; {os.cpu_count()} CPUs; load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on this machine)")
     chars = sorted(len(t) for t in texts)
     print(f"texts: {len(texts)} lite component texts, characters median {chars[len(chars) // 2]}, max {chars[-1]}\n")
     results = {}
-    for method in ("baseline", "new", "baseline", "new"):  # interleaved twice: drifting load hits both alike
+    for method in ("baseline", "new") * args.repeat:  # interleaved: drifting load hits both alike
         r = run(method, str(tmp / "texts.json"), str(tmp / f"{method}.npy"))
         results.setdefault(method, []).append(r)
     print(f"{'method':<60} {'texts/s':>8} {'seconds':>8}")
