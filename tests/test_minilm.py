@@ -66,7 +66,7 @@ def test_calibration_picks_the_fastest_budget():
     encoder = sentence_encoder()
     budget = encoder.token_budget
     try:
-        rates = calibrate_token_budget(encoder, real_prompts()[:64], budgets=(64, 512), sample=32)
+        rates = calibrate_token_budget(encoder, real_prompts()[:32], budgets=(64, 512), sample=16)
         assert set(rates) == {64, 512} and encoder.token_budget == max(rates, key=rates.get)
     finally:
         encoder.token_budget = budget
