@@ -16,6 +16,7 @@ from retriever import __version__
 from retriever.images import ImageRejected
 from retriever.pipeline import Interrogation
 from retriever.profile import Mode
+from retriever.threads import in_force as threads_in_force
 
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
@@ -101,6 +102,7 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
                    "max_aspect": settings.max_aspect, "max_batch_images": settings.max_batch_images},
         "batching": {"enabled": settings.batching, "max_batch_size": service.batcher.max_batch_size,
                      "max_wait_ms": settings.max_wait_ms},
+        "threads": threads_in_force(),
     }
 
 

@@ -119,6 +119,35 @@ def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard
     return jobs
 
 
+CALIBRATE_MIN_TEXTS = 16384  # builds smaller than this keep the encoder's default batch
+CALIBRATE_SAMPLE = 768  # texts timed per candidate batch size
+TOKEN_BUDGETS = (1024, 2048, 4096, 8192, 16384)
+
+
+def calibrate_token_budget(encoder: TextEncoder, texts: Sequence[str], budgets: Sequence[int] = TOKEN_BUDGETS,
+                           sample: int = CALIBRATE_SAMPLE) -> dict[int, float]:
+    """Pick the batch size (tokens per batch, for an encoder that batches by ``token_budget``) this CPU runs
+    fastest, by timing each candidate on the same sample of the build's own texts; sets it, and returns the
+    texts/s of each candidate (empty for encoders that batch otherwise).
+
+    Results do not depend on it (batches of similar length; tests/test_minilm.py)."""
+    import time
+
+    if not getattr(encoder, "exact_fast_path", False) or len(texts) == 0:
+        return {}
+    step = max(1, len(texts) // sample)
+    probe = list(texts[::step][:sample])
+    encoder.encode_text(probe[:64])  # warm-up: first calls allocate
+    rates = {}
+    for budget in budgets:
+        encoder.token_budget = budget
+        t = time.perf_counter()
+        encoder.encode_text(probe)
+        rates[budget] = len(probe) / max(time.perf_counter() - t, 1e-9)
+    encoder.token_budget = max(rates, key=rates.__getitem__)
+    return rates
+
+
 def embed_sources(
     sources: list[SourceTexts],
     encoder: TextEncoder,
@@ -135,6 +164,8 @@ def embed_sources(
     total = sum(j.rows for j in jobs)
     for job in jobs:
         job.path.parent.mkdir(parents=True, exist_ok=True)
+    if runner is None and total >= CALIBRATE_MIN_TEXTS:
+        calibrate_token_budget(encoder, jobs[0].texts())
     with tqdm(total=total, unit="text", unit_scale=True, desc=f"embed ({encoder.model_id})",
               disable=not progress or total == 0, smoothing=0.1) as bar:
         for job, vectors in (runner or LocalRunner(encoder.encode_text)).run(jobs):

@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from index_build.build import BuildOptions, build_index
+from typing import TYPE_CHECKING
+
 from index_build.manifest import load_manifest
-from retriever.encoders import create_space, text_tower
+from retriever.encoders import create_space, text_model_id, text_tower
 from retriever.errors import IndexIntegrityError
 from retriever.index_files import RECORD_NAME, read_record, verify_files
 from retriever.paths import index_dir
 from retriever.profile import Profile
+
+if TYPE_CHECKING:
+    from index_build.build import BuildOptions
 
 
 @dataclass
@@ -41,6 +45,14 @@ def rerank_towers(profile: Profile) -> list:
     return [] if rerank.text_model_id == retrieval.text_model_id else [text_tower(rerank)]
 
 
+def rerank_text_ids(profile: Profile) -> list[str]:
+    """``rerank_towers``' model ids, from the profile alone (no model loads)."""
+    if profile.rerank.space == "retrieval":
+        return []
+    rerank = text_model_id(profile.rerank.space)
+    return [] if rerank == text_model_id(profile.retrieve.space) else [rerank]
+
+
 def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force: bool = False) -> list[SetupResult]:
     import time
 
@@ -56,13 +68,15 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
                     f"--out {directory}`, or give it a manifest in the profile")
             continue
         manifest = load_manifest(ref.manifest)
-        space = space or create_space(profile.retrieve.space)
-        extras = rerank_towers(profile) if ref.rerank_vectors == "stored" else []
-        if not force and index_is_current(directory, manifest.digest(), space.text_model_id,
-                                          [e.model_id for e in extras]):
-            record = read_record(directory)
+        stored = rerank_text_ids(profile) if ref.rerank_vectors == "stored" else []
+        if not force and index_is_current(directory, manifest.digest(), text_model_id(profile.retrieve.space), stored):
+            record = read_record(directory)  # current by its build record: answered without loading a model
             results.append(SetupResult(ref.name, directory, False, record.count, 0.0))
             continue
+        space = space or create_space(profile.retrieve.space)
+        extras = rerank_towers(profile) if ref.rerank_vectors == "stored" else []
+        from index_build.build import build_index  # polars and the readers: only when there is work
+
         t = time.perf_counter()
         report = build_index(manifest, text_tower(space), directory, options, rerank_encoders=extras)
         results.append(SetupResult(ref.name, directory, True, report.record.count, time.perf_counter() - t))

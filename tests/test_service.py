@@ -40,6 +40,9 @@ def test_health_ready_info_metrics_docs_and_page(client):
     info = client.get("/v1/info").json()
     assert info["profile"]["name"] == "lite" and "components-lite" in info["indexes"]
     assert info["indexes"]["components-lite"]["count"] > 100_000 and info["models"]["metric"].endswith("all-MiniLM-L6-v2")
+    threads = info["threads"]  # the plan in force (retriever/threads.py) and what torch runs with
+    assert 1 <= threads["intra_op"] <= threads["usable"] or threads["source"] != "auto"
+    assert threads["torch_intra_op"] >= 1 and threads["inter_op"] == 1
     assert "unprompt_requests_total" in client.get("/metrics").text
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()

@@ -12,10 +12,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from api.cli import indexes, predict, scoring, serve, sources, train  # noqa: E402
-from api.cli.common import Formatter, err  # noqa: E402
+from api.cli.common import Formatter, err, positive_int  # noqa: E402
 from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
+from retriever.threads import THREADS_ENV, configure_environment  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -45,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
+    for command in sub.choices.values():
+        _add_common_options(command)
     return parser
+
+
+def _add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help=f"CPU threads for the models (default: ${THREADS_ENV}, else the CPUs this process may use "
+                        "(affinity and cgroup quota) that other processes are not keeping busy)")
+    p.add_argument("--verbose", action="store_true", help="say on standard error how the CPU threads were split")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -66,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        plan = configure_environment(getattr(args, "threads", None))  # before torch or faiss loads OpenMP
+        if getattr(args, "verbose", False):
+            print(f"unprompt: {plan.describe()}", file=sys.stderr)
         return args.func(args)
     except UnpromptError as exc:
         err(str(exc))

@@ -11,18 +11,20 @@ from retriever.encoders.base import ImageEncoder, Space, TextEncoder, l2_normali
 if TYPE_CHECKING:
     from retriever.profile import BridgeSpaceSpec, ClipSpaceSpec
 
-__all__ = ["ImageEncoder", "Space", "TextEncoder", "create_space", "l2_normalize", "text_tower"]
+__all__ = ["ImageEncoder", "Space", "TextEncoder", "create_space", "l2_normalize", "text_model_id", "text_tower"]
 
 
 @lru_cache(maxsize=8)
 def create_space(spec: ClipSpaceSpec | BridgeSpaceSpec) -> Space:
     """Build (once per process and spec) the joint image-text space a profile names."""
     from retriever.profile import ClipSpaceSpec
+    from retriever.threads import apply_threads
 
-    ensure_torchvision_importable()
+    apply_threads()  # before the first model call: torch's pools sized to the CPUs this process may use
     if isinstance(spec, ClipSpaceSpec):
         from retriever.encoders.clip import ClipSpace
 
+        ensure_torchvision_importable()  # open_clip imports torchvision
         return ClipSpace(spec)
     from retriever.encoders.bridge import BridgeSpace
     from retriever.encoders.efficientnet import EfficientNetLiteClassifier
@@ -35,6 +37,19 @@ def create_space(spec: ClipSpaceSpec | BridgeSpaceSpec) -> Space:
         top_classes=spec.top_classes,
         temperature=spec.temperature,
     )
+
+
+def text_model_id(spec: ClipSpaceSpec | BridgeSpaceSpec) -> str:
+    """The ``text_model_id`` the space of this spec will have, known without loading any model."""
+    from retriever.profile import ClipSpaceSpec
+
+    if isinstance(spec, ClipSpaceSpec):
+        from retriever.encoders.clip import clip_model_id
+
+        return clip_model_id(spec)
+    from retriever.encoders.minilm import sentence_model_id
+
+    return sentence_model_id(spec.text_model)
 
 
 def text_tower(space: Space) -> TextEncoder:

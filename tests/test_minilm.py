@@ -1,0 +1,100 @@
+"""The metric model without sentence-transformers: the same vectors as SentenceTransformer.encode, in any
+batching; and the lite start's other shortcuts (preprocessing without torchvision, open_clip's tokenizer alone)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.encoders.minilm import METRIC_MODEL, length_batches, resolve_sentence_model, sentence_encoder
+
+SD_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "sd-dev" / "prompts.csv"
+DEVSET = Path(__file__).resolve().parents[1] / "data_manifests" / "devset"
+HOSTILE = ["", "   ", "  padded  ", "A CAT", "über café 日本語 😀 \u200b", "word " * 400, "x", "\t\n", "ﬁne ligature"]
+
+
+def real_prompts() -> list[str]:
+    rows = [r["prompt"] for f in ("dev.csv", "heldout.csv") for r in csv.DictReader(open(DEVSET / f))]
+    if SD_DEV.is_file():
+        rows += [r["prompt"] for r in csv.DictReader(open(SD_DEV, encoding="utf-8"))]
+    return list(dict.fromkeys(rows))
+
+
+def test_fast_path_matches_sentence_transformers_on_real_prompts():
+    if not SD_DEV.is_file():
+        pytest.skip(f"{SD_DEV} absent: the real generated prompts live beside the repository (shared/)")
+    from retriever._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from sentence_transformers import SentenceTransformer
+
+    texts = real_prompts() + HOSTILE
+    encoder = sentence_encoder()
+    assert encoder.exact_fast_path
+    reference = SentenceTransformer(resolve_sentence_model(METRIC_MODEL), device="cpu")
+    expected = reference.encode(texts, batch_size=16, normalize_embeddings=True, show_progress_bar=False)
+    got = encoder.encode_text(texts)
+    assert got.shape == expected.shape == (len(texts), 384) and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 1e-6
+    assert encoder.vocabulary() == {w for w in reference.tokenizer.get_vocab() if w.isalpha()}
+
+
+def test_batching_by_length_keeps_order_and_vectors():
+    encoder = sentence_encoder()
+    texts = real_prompts()[:12] + HOSTILE[:5] + HOSTILE[6:]
+    alone = np.concatenate([encoder.encode_text([t]) for t in texts])  # no padding at all
+    budget = encoder.token_budget
+    try:
+        for b in (16, 100_000):
+            encoder.token_budget = b
+            assert np.abs(encoder.encode_text(texts) - alone).max() < 1e-6
+        perm = np.random.default_rng(0).permutation(len(texts))
+        assert np.abs(encoder.encode_text([texts[i] for i in perm]) - alone[perm]).max() < 1e-6
+    finally:
+        encoder.token_budget = budget
+    batches = length_batches([3, 9, 1, 9, 4], token_budget=18)
+    assert [list(b) for b in batches] == [[1, 3], [4, 0, 2]]  # longest first; rows x longest <= budget
+    assert [list(b) for b in length_batches([50], token_budget=8)] == [[0]]  # too long alone: still a batch
+
+
+def test_calibration_picks_the_fastest_budget():
+    from index_build.embed import calibrate_token_budget
+
+    encoder = sentence_encoder()
+    budget = encoder.token_budget
+    try:
+        rates = calibrate_token_budget(encoder, real_prompts()[:32], budgets=(64, 512), sample=16)
+        assert set(rates) == {64, 512} and encoder.token_budget == max(rates, key=rates.get)
+    finally:
+        encoder.token_budget = budget
+    assert calibrate_token_budget(object(), ["a"]) == {}  # an encoder that does not batch by tokens
+
+
+def test_preprocessing_equals_torchvision_to_the_bit():
+    from PIL import Image
+
+    from retriever._compat import ensure_torchvision_importable
+    from retriever.encoders.efficientnet import preprocess
+
+    ensure_torchvision_importable()
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    for w, h in ((640, 480), (300, 1000), (260, 260), (100, 50), (261, 999)):
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        expected = T.Compose([T.Resize(260, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(260),
+                              T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])(image).numpy()
+        assert np.array_equal(preprocess(image, 260), expected), (w, h)
+
+
+def test_open_clip_tokenizer_alone_counts_like_open_clip():
+    from retriever._compat import open_clip_tokenizer
+
+    import open_clip.tokenizer as real
+
+    ours, theirs = open_clip_tokenizer().SimpleTokenizer(), real.SimpleTokenizer()
+    for text in real_prompts()[:20] + HOSTILE:
+        assert ours.encode(text) == theirs.encode(text)

@@ -1,0 +1,114 @@
+"""The thread plan: usable CPUs (affinity, cgroup v1/v2 quota), free CPUs, the split, the options."""
+
+from __future__ import annotations
+
+import pytest
+
+from retriever import threads
+from retriever.errors import UnpromptError
+from tests.conftest import run_cli
+
+
+def _v2_tree(root, limits: dict[str, str]):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    for rel, text in limits.items():
+        d = root / rel if rel else root
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cpu.max").write_text(text + "\n")
+
+
+def test_cgroup_v2_quota_is_the_tightest_of_the_cgroup_and_its_parents(tmp_path):
+    _v2_tree(tmp_path, {"pod": "max 100000", "pod/app": "150000 100000"})
+    assert threads.cgroup_cpu_limit(tmp_path, "0::/pod/app\n") == 1.5
+    _v2_tree(tmp_path, {"pod": "50000 100000"})  # a parent's limit binds its children
+    assert threads.cgroup_cpu_limit(tmp_path, "0::/pod/app\n") == 0.5
+    _v2_tree(tmp_path, {"pod": "max 100000", "pod/app": "max 100000"})
+    assert threads.cgroup_cpu_limit(tmp_path, "0::/pod/app\n") is None
+    # the unified tree of a hybrid mount; hostile text is no limit, never a crash
+    hybrid = tmp_path / "hybrid"
+    _v2_tree(hybrid / "unified", {"x": "200000 100000"})
+    assert threads.cgroup_cpu_limit(hybrid, "0::/x\n") == 2.0
+    _v2_tree(tmp_path, {"pod/app": "lots of cpu"})
+    assert threads.cgroup_cpu_limit(tmp_path, "0::/pod/app\n") is None
+    assert threads.cgroup_cpu_limit(tmp_path, "garbage") is None
+
+
+def test_cgroup_v1_cfs_quota(tmp_path):
+    cpu = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    cpu.mkdir(parents=True)
+    for d, quota in ((tmp_path / "cpu,cpuacct", "-1"), (cpu, "300000")):
+        (d / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (d / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_cpu_limit(tmp_path, "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n") == 3.0
+    assert threads.cgroup_cpu_limit(tmp_path, "4:cpu,cpuacct:/\n") is None  # -1: unlimited
+
+
+def test_usable_cpus_rounds_a_quota_up_and_never_exceeds_affinity(monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 1.5)
+    assert threads.usable_cpus() == 2
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 64.0)
+    assert threads.usable_cpus() == 4
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: 0.2)
+    assert threads.usable_cpus() == 1
+
+
+def test_free_cpus_and_the_split_never_ask_for_more_than_the_budget():
+    assert threads.free_cpus(2, others=2, host=2) == 1  # beside two busy processes: one thread
+    assert threads.free_cpus(2, others=0, host=2) == 2
+    assert threads.free_cpus(4, others=30, host=64) == 4  # a 4-CPU quota on a host with CPUs to spare
+    assert threads.free_cpus(8, others=100, host=64) == 1
+    assert threads.split(1) == (1, 1, 1) and threads.split(2) == (2, 1, 1)
+    for budget in range(3, 65):
+        intra, inter, decode = threads.split(budget)
+        assert intra + decode == budget and intra >= 1 and decode >= 1 and inter == 1
+
+
+def test_runnable_others_reads_proc_loadavg():
+    assert threads.runnable_others(samples=3, interval=0.0) >= 0
+
+
+def test_explicit_counts_win_and_bad_ones_are_clear_errors(monkeypatch):
+    for key in ("UNPROMPT_THREADS", "OMP_NUM_THREADS", threads._OURS):
+        monkeypatch.delenv(key, raising=False)
+    assert threads.plan_threads(3).intra_op == 3 and threads.plan_threads(3).source == "--threads"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own
+    assert threads.plan_threads().source == "OMP_NUM_THREADS" and threads.plan_threads().intra_op == 1
+    monkeypatch.setenv(threads._OURS, "1")  # set by a parent unprompt: plan again
+    assert threads.plan_threads().source == "auto"
+    monkeypatch.setenv("UNPROMPT_THREADS", "5")
+    plan = threads.plan_threads()
+    assert (plan.intra_op, plan.inter_op, plan.decode, plan.source) == (5, 1, 1, "UNPROMPT_THREADS")
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("UNPROMPT_THREADS", bad)
+        with pytest.raises(UnpromptError, match="UNPROMPT_THREADS"):
+            threads.plan_threads()
+
+
+def test_cli_threads_option_verbose_and_env(monkeypatch, tmp_path):
+    for key in threads.environment(threads.plan_threads(1)):  # restored after the test
+        monkeypatch.setenv(key, "")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "_PLAN", threads._PLAN)
+    r = run_cli("predict", str(tmp_path / "none.jpg"), "--threads", "2", "--verbose")
+    assert r.returncode == 2 and "threads: 2 intra-op, 1 inter-op, 1 decode (--threads;" in r.stderr
+    assert threads.os.environ["OMP_NUM_THREADS"] == "2" and threads.os.environ["OMP_WAIT_POLICY"] == ""
+    r = run_cli("predict", str(tmp_path / "none.jpg"), "--threads", "0")
+    assert r.returncode == 2 and "--threads" in r.stderr
+    r = run_cli("setup", "--dry-run", env={"UNPROMPT_THREADS": "many"})
+    assert r.returncode == 2 and "UNPROMPT_THREADS must be a whole number" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_apply_sets_torch_and_reports_it(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(threads, "_PLAN", threads._PLAN)
+    before = torch.get_num_threads()
+    try:
+        plan = threads.apply_threads(1)
+        info = threads.in_force()
+        assert torch.get_num_threads() == 1 and info["intra_op"] == 1 and info["torch_intra_op"] == 1
+        assert plan.decode == threads.decode_workers() == 1
+    finally:
+        torch.set_num_threads(before)
