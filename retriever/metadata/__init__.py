@@ -9,6 +9,7 @@ allows: the caller falls back to interrogation.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from PIL import Image
@@ -19,13 +20,15 @@ from retriever.metadata.formats import PARSERS, Fields
 from retriever.metadata.record import GenerationMetadata
 
 __all__ = ["GenerationMetadata", "MetadataLimits", "image_metadata", "read_metadata"]
+log = logging.getLogger(__name__)
 
 
 def read_metadata(data: bytes, limits: MetadataLimits = MetadataLimits()) -> GenerationMetadata | None:
     """The generation record of an image file's bytes (PNG, JPEG, WebP), or None."""
     try:
         return _first(_fields(find_text(data, limits)), limits)
-    except (RecursionError, MemoryError):  # a pathological structure: no record, the image is interrogated
+    except Exception:  # metadata is optional: whatever a file holds, it is interrogated instead, never refused
+        log.warning("unreadable generation metadata; interrogating instead", exc_info=True)
         return None
 
 
@@ -41,7 +44,8 @@ def image_metadata(image: Image.Image, limits: MetadataLimits = MetadataLimits()
         found.xmp = [xmp.decode("utf-8", errors="replace") if isinstance(xmp, bytes) else xmp]
     try:
         return _first(_fields(found), limits)
-    except (RecursionError, MemoryError):
+    except Exception:
+        log.warning("unreadable generation metadata; interrogating instead", exc_info=True)
         return None
 
 

@@ -82,21 +82,22 @@ def _png(data: memoryview, found: Found, budget: _Budget) -> None:
             return
         body = data[pos + 8 : body_end]
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
-            item = _png_text(kind, body, budget)
-            if item and item[0] not in found.text:
+            item = _png_text(kind, body, budget, found.text)
+            if item:
                 found.text[item[0]] = item[1]
         elif kind == b"eXIf" and budget.take(length):
             found.exif.append(bytes(body))
         pos = body_end + 4
 
 
-def _png_text(kind: bytes, body: memoryview, budget: _Budget) -> tuple[str, str] | None:
+def _png_text(kind: bytes, body: memoryview, budget: _Budget, seen: dict[str, str]) -> tuple[str, str] | None:
+    """(keyword, text) of a wanted keyword's first chunk; None for any other chunk, or one over the limits."""
     raw = bytes(body[:80])
     cut = raw.find(b"\x00")
     if cut < 1:
         return None
     key = raw[:cut].decode("latin-1")
-    if key not in WANTED:
+    if key not in WANTED or key in seen:
         return None
     rest = body[cut + 1 :]
     if kind == b"tEXt":
