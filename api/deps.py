@@ -78,7 +78,7 @@ async def admit(service: Service, name: str, data: bytes) -> Image.Image:
         raise Refused(exc.reason, str(exc)) from None
 
 
-async def read_recorded(service: Service, data: bytes) -> GenerationMetadata | None:
-    """The prompt an upload's file records, read in the same bounded pool; nothing usable is None (the image
-    is interrogated), never an error."""
-    return await asyncio.get_running_loop().run_in_executor(service.decoder, read_metadata, data)
+async def read_recorded(data: bytes) -> GenerationMetadata | None:
+    """The prompt an upload's file records (bounded by ``MetadataLimits``: milliseconds, off the event loop);
+    nothing usable is None (the image is interrogated), never an error."""
+    return await asyncio.to_thread(read_metadata, data)

@@ -56,7 +56,7 @@ def _result_out(result: Interrogation, service: Service, embedding: bool, top: i
 
 async def _admitted(service: Service, name: str, data: bytes, metadata: bool) -> ImageWithMetadata:
     image = await admit(service, name, data)
-    return ImageWithMetadata(image, await read_recorded(service, data) if metadata else None)
+    return ImageWithMetadata(image, await read_recorded(data) if metadata else None)
 
 
 async def _interrogate(service: Service, image: ImageWithMetadata, mode: Mode | None,

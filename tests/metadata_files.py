@@ -102,11 +102,22 @@ def comfy_png(graph: dict | None = None, image: Image.Image | None = None) -> by
 
 
 @lru_cache(maxsize=4)
-def deflated(inflated_mib: int) -> bytes:
+def deflated(inflated_mib: float) -> bytes:
     """A zlib stream that inflates to ``inflated_mib`` MiB (about 1000 times its own size)."""
     packer = zlib.compressobj(9)
-    block = b"a" * (1 << 20)
-    return b"".join(packer.compress(block) for _ in range(inflated_mib)) + packer.flush()
+    left, parts = int(inflated_mib * (1 << 20)), []
+    while left > 0:
+        parts.append(packer.compress(b"a" * min(left, 1 << 20)))
+        left -= 1 << 20
+    return b"".join(parts) + packer.flush()
+
+
+def many_text_chunks(image: Image.Image | None = None, count: int = 30) -> bytes:
+    """A PNG with ``count`` zTXt chunks, each just under Pillow's 1 MiB limit per chunk (so the image itself is
+    still admitted): 30 MiB of text under keywords that record no prompt."""
+    body = deflated(1 - 1 / (1 << 20))  # one byte under 1 MiB
+    keys = ("Title", "Source", "Software", "seed")
+    return png(image=image, extra_chunks=[(b"zTXt", keys[i % 4].encode() + b"\x00\x00" + body) for i in range(count)])
 
 
 def ztxt_bomb(inflated_mib: int = 32, keyword: bytes = b"parameters", image: Image.Image | None = None) -> bytes:

@@ -20,7 +20,8 @@ from api.settings import Settings
 from conftest import EXAMPLES, run_cli
 from hostile_images import mutations
 from metadata_files import (A1111, COMFY_NEGATIVE, COMFY_POSITIVE, chunk, comfy_graph, comfy_png, cyclic_graph, deflated,
-                            png, with_exif, with_xmp, xmp_packet, ztxt_bomb)
+                            many_text_chunks, png, with_exif, with_xmp, xmp_packet, ztxt_bomb)
+from retriever.evaluation.run import submit
 from retriever.metadata import MetadataLimits, image_metadata, read_metadata
 from server import LiveServer
 
@@ -211,12 +212,13 @@ def recorded_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recorded")
     (folder / "a1111.png").write_bytes(png({"parameters": A1111}, image=CAT))
     (folder / "comfy.png").write_bytes(comfy_png(image=CAT))
-    (folder / "bomb.png").write_bytes(ztxt_bomb(32, image=CAT))
+    (folder / "many.png").write_bytes(many_text_chunks(CAT))  # 30 MiB of text, the image itself admitted
+    (folder / "cycle.png").write_bytes(comfy_png(cyclic_graph(False), image=CAT))
     (folder / "plain.jpg").write_bytes((EXAMPLES / "cat.jpg").read_bytes())
     return folder
 
 
-def test_python_api_answers_the_recorded_prompt(lite_interrogator, recorded_dir):
+def test_python_api_answers_the_recorded_prompt(lite_interrogator, recorded_dir, monkeypatch):
     it = lite_interrogator
     rec = it.interrogate(recorded_dir / "a1111.png")
     assert (rec.prompt, rec.source, rec.generator) == (A1111_PROMPT, "metadata", "AUTOMATIC1111")
@@ -228,30 +230,37 @@ def test_python_api_answers_the_recorded_prompt(lite_interrogator, recorded_dir)
     plain = it.interrogate(recorded_dir / "a1111.png", metadata=False)
     assert plain.source == "interrogation" and plain.generator is None and "cat" in plain.prompt.lower()
     assert plain.prompt == rec.interrogated_prompt and "settings" not in plain.as_dict(embeddings=False)
-    opened = it.interrogate_batch([Image.open(recorded_dir / "comfy.png"), recorded_dir / "bomb.png"])
+    opened = it.interrogate_batch([Image.open(recorded_dir / "comfy.png"), recorded_dir / "many.png",
+                                   recorded_dir / "cycle.png"])
     assert opened[0].prompt.startswith(COMFY_POSITIVE) and opened[0].generator == "ComfyUI"
-    assert opened[1].source == "interrogation"  # the bomb is not read; the image still is
-    off = type(it)(it.profile.model_copy(update={"metadata": it.profile.metadata.model_copy(update={"enabled": False})}),
-                   it.retrieval_space, it.rerank_space, it.indexes, it.regressor)
-    assert off.interrogate(recorded_dir / "a1111.png").source == "interrogation"  # the profile can turn it off
+    assert [r.source for r in opened[1:]] == ["interrogation"] * 2  # bounded reading, then interrogation
+    off = it.profile.model_copy(update={"metadata": it.profile.metadata.model_copy(update={"enabled": False})})
+    monkeypatch.setattr(it, "profile", off)
+    assert it.interrogate(recorded_dir / "a1111.png").source == "interrogation"  # the profile can turn it off
 
 
-def test_predict_and_submit_answer_recorded_prompts_unless_told_not_to(lite_profile, recorded_dir, tmp_path):
+def test_submit_answers_recorded_prompts_unless_told_not_to(lite_interrogator, recorded_dir, tmp_path):
+    for metadata in (True, False):
+        prompts = tmp_path / f"prompts-{metadata}.csv"
+        submit(lite_interrogator, recorded_dir, tmp_path / f"sub-{metadata}.csv", progress=False, prompts_out=prompts,
+               metadata=metadata)
+        answered = {r["imgId"]: r["prompt"] for r in csv.DictReader(prompts.open())}
+        assert (answered["a1111"] == A1111_PROMPT) is metadata and (answered["a1111"] == answered["comfy"]) is not metadata
+
+
+def test_predict_answers_recorded_prompts_unless_told_not_to(lite_profile, recorded_dir):
     res = run_cli("predict", str(recorded_dir), "--format", "jsonl", "--no-embedding", "--top", "1")
     assert res.returncode == 0, res.stderr
     rows = {r["image"].rsplit("/", 1)[1]: r for r in map(json.loads, res.stdout.splitlines())}
     assert (rows["a1111.png"]["prompt"], rows["a1111.png"]["generator"]) == (A1111_PROMPT, "AUTOMATIC1111")
     assert rows["comfy.png"]["negative_prompt"] == COMFY_NEGATIVE and rows["comfy.png"]["source"] == "metadata"
-    assert rows["bomb.png"]["source"] == rows["plain.jpg"]["source"] == "interrogation"
+    assert rows["many.png"]["source"] == rows["cycle.png"]["source"] == rows["plain.jpg"]["source"] == "interrogation"
     assert rows["plain.jpg"]["generator"] is None and "settings" in rows["a1111.png"]
     res = run_cli("predict", str(recorded_dir), "--format", "csv", "--no-metadata")
     table = list(csv.DictReader(io.StringIO(res.stdout)))
     assert list(table[0]) == ["image", "prompt", "negative_prompt", "error", "source", "generator"]
     assert {r["source"] for r in table} == {"interrogation"} and all("cat" in r["prompt"].lower() for r in table)
-    prompts = tmp_path / "prompts.csv"
-    res = run_cli("submit", str(recorded_dir), "--out", str(tmp_path / "sub.csv"), "--prompts-out", str(prompts))
-    assert res.returncode == 0, res.stderr
-    assert {r["imgId"]: r["prompt"] for r in csv.DictReader(prompts.open())}["a1111"] == A1111_PROMPT
+
 
 
 @pytest.fixture(scope="module")
@@ -268,10 +277,11 @@ def test_http_answers_recorded_prompts_and_hostile_metadata_costs_no_5xx(client,
     assert body["prompt"].startswith(COMFY_POSITIVE) and body["settings"]["seed"] == 42 and body["interrogated_prompt"]
     plain = client.post("/v1/interrogate", files={"file": ("c.png", comfy, "image/png")}, params={"metadata": "false"})
     assert plain.status_code == 200 and plain.json()["source"] == "interrogation" and "generator" not in plain.json()
-    files = [("files", (n, (recorded_dir / n).read_bytes(), "image/png")) for n in ("a1111.png", "bomb.png")]
-    files.append(("files", ("cycle.png", comfy_png(cyclic_graph(False), image=CAT), "image/png")))
+    files = [("files", (n, (recorded_dir / n).read_bytes(), "image/png")) for n in ("a1111.png", "many.png", "cycle.png")]
+    files.append(("files", ("bomb.png", ztxt_bomb(32, image=CAT), "image/png")))
     files.append(("files", ("broken.png", png({"parameters": A1111})[:-30] + chunk(b"IEND", b""), "image/png")))
     results = client.post("/v1/interrogate/batch", files=files).json()["results"]
     assert results[0]["result"]["prompt"] == A1111_PROMPT
     assert [r["result"]["source"] for r in results[1:3]] == ["interrogation", "interrogation"]
-    assert 400 <= results[3]["error"]["status"] < 500  # a broken file is the usual 4xx, metadata or not
+    # a 32 MiB zTXt bomb: admission refuses the file (Pillow's own text limit), the usual 4xx; broken bytes too
+    assert [r["error"]["status"] for r in results[3:]] == [400, 400]
