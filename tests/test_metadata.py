@@ -87,6 +87,17 @@ def test_diffusiondb_prompt_chunk():
                                                          "DiffusionDB", {"seed": "1021"})
 
 
+def test_fooocus_and_swarmui_json():
+    fooocus = {"prompt": "a cozy cabin, snow", "negative_prompt": "people", "steps": 30, "base_model": "juggernautXL"}
+    for data in (png({"parameters": json.dumps(fooocus)}), png({"Comment": json.dumps(fooocus)})):
+        rec = read_metadata(data)
+        assert (rec.prompt, rec.negative_prompt, rec.generator) == ("a cozy cabin, snow", "people", "Fooocus")
+    swarm = {"sui_image_params": {"prompt": "a koi pond", "negativeprompt": "blurry", "seed": 3, "model": "flux-dev"}}
+    rec = read_metadata(with_exif(b"UNICODE\x00" + json.dumps(swarm).encode("utf-16-be")))
+    assert (rec.prompt, rec.negative_prompt, rec.generator, rec.settings["model"]) == ("a koi pond", "blurry", "SwarmUI",
+                                                                                       "flux-dev")
+
+
 @pytest.mark.parametrize("fmt, comment", [
     ("JPEG", b"UNICODE\x00" + A1111.encode("utf-16-be")),  # AUTOMATIC1111 (piexif's "unicode")
     ("WEBP", b"UNICODE\x00" + A1111.encode("utf-16-le")),  # little-endian writers

@@ -3,7 +3,7 @@
 * AUTOMATIC1111, Forge, stable-diffusion.cpp (and tools that copy them): the "infotext", a ``parameters``
   PNG chunk or an EXIF UserComment: prompt lines, ``Negative prompt: ...`` lines, then one line of
   ``Key: value`` settings (values with commas in double quotes); ``Version`` names the tool.
-* Fooocus and SwarmUI: the same ``parameters`` chunk holding a JSON object.
+* Fooocus and SwarmUI: the same ``parameters`` chunk holding a JSON object (Fooocus also a JSON ``Comment``).
 * InvokeAI: ``invokeai_metadata`` (JSON, 3.x and later), ``sd-metadata`` (JSON, 2.x), ``Dream`` (1.x: a
   quoted prompt with ``[negative]`` parts, then ``-s 50 -S 42 ...`` switches).
 * NovelAI: ``Software`` = NovelAI, the prompt in ``Description``, the settings and ``uc`` (the negative
@@ -207,9 +207,13 @@ def user_comment(fields: Fields, limits: MetadataLimits) -> GenerationMetadata |
     return _from_infotext(text, "exif:UserComment", "AUTOMATIC1111", need_settings=True) if text else None
 
 
-def jpeg_comment(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
-    obj = json_object(fields.get("jpeg:comment"))  # Fooocus's JPEG files
-    return _from_json_parameters(obj, "jpeg:comment") if obj is not None else None
+def comment_json(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
+    """Fooocus's JSON in a JPEG comment or a PNG ``Comment`` chunk (NovelAI's, with ``uc``, is read before)."""
+    for key in ("jpeg:comment", "Comment"):
+        obj = json_object(fields.get(key))
+        if obj is not None:
+            return _from_json_parameters(obj, "jpeg:comment" if key == "jpeg:comment" else "png:Comment")
+    return None
 
 
 def xmp(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
@@ -229,4 +233,4 @@ def xmp(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
 
 
 # the order matters: a file with several records is answered from the most specific one
-PARSERS: tuple[Parser, ...] = (a1111, invokeai, novelai, comfyui, diffusiondb, user_comment, jpeg_comment, xmp)
+PARSERS: tuple[Parser, ...] = (a1111, invokeai, novelai, comfyui, diffusiondb, user_comment, comment_json, xmp)
