@@ -168,7 +168,7 @@ def test_ztxt_and_itxt_bombs_cost_bounded_time_and_memory():
         rec, seconds, peak = _bounded(data)
         assert rec is None  # over the cap: not read, the image is interrogated
         assert peak < len(data) + 3 * limits.max_field_bytes, peak  # never the 32 MiB it claims
-        assert seconds < 2.0  # a hang guard, not a speed target (inflating stops at the cap)
+        assert seconds < 10.0  # a hang guard, not a speed target (bench/metadata_cost.py measures it)
     many = png(extra_chunks=[(b"zTXt", f"{key}\x00\x00".encode() + deflated(1)) for key in ("prompt", "Comment",
                                                                                           "Dream", "Source") * 10])
     rec, _, peak = _bounded(many)
@@ -183,9 +183,12 @@ def test_cyclic_huge_and_broken_graphs_fall_back():
     chain["0"] = {"class_type": "KSampler", "inputs": {"seed": 1, "positive": ["1", 0], "negative": ["1", 0]}}
     chain["4000"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "too deep to reach"}}
     huge = {str(i): {"class_type": "Note", "inputs": {}} for i in range(MetadataLimits().max_graph_nodes + 1)}
+    odd_ids = {**cyclic_graph(with_text=True), "²": {"class_type": "SaveImage", "inputs": {"images": ["9" * 5000, 0]}},
+               "9" * 5000: {"class_type": "KSampler", "inputs": {"steps": 1, "positive": ["²", 0]}}}
+    assert read_metadata(comfy_png(odd_ids)).prompt == "a lighthouse in a storm"  # hostile ids sort, never crash
     for graph in (chain, huge):
         rec, seconds, _ = _bounded(comfy_png(graph))
-        assert rec is None and seconds < 2.0
+        assert rec is None and seconds < 10.0  # a hang guard
     for broken in ('{"1": {"class_type": "KSampler", "inputs": ', "[" * 200_000, '{"a": ' * 100_000):
         assert read_metadata(png({"prompt": broken})) is None  # broken or pathologically nested JSON
     assert read_metadata(png({"invokeai_metadata": "{not json", "parameters": ""})) is None

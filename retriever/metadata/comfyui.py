@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 
 from retriever.metadata.containers import MetadataLimits
-from retriever.metadata.record import GenerationMetadata, json_object, settings_of
+from retriever.metadata.record import GenerationMetadata, settings_of
 
 # inputs that hold a prompt's text in the text nodes of ComfyUI and common custom nodes
 TEXT_INPUTS = ("text", "text_g", "text_l", "prompt", "string", "value", "populated_text", "wildcard_text")
@@ -24,6 +24,7 @@ NOT_TEXT = frozenset({"clip", "model", "vae", "image", "images", "pixels", "samp
                       "control_net", "mask", "upscale_model", "clip_vision", "clip_vision_output", "style_model",
                       "noise", "sigmas", "sampler", "guider", "unet", "lora"})
 SAMPLER_SETTINGS = ("seed", "noise_seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")
+SAMPLER_INPUTS = frozenset(SAMPLER_SETTINGS[:5])
 MODEL_NAMES = ("ckpt_name", "unet_name", "model_name")
 
 
@@ -34,23 +35,25 @@ def _link(value: Any) -> str | None:
 
 
 class _Graph:
-    def __init__(self, nodes: dict[str, Any], limits: MetadataLimits) -> None:
-        self.nodes = nodes
+    def __init__(self, nodes: dict[Any, Any], limits: MetadataLimits) -> None:
         self.limits = limits
+        self.types: dict[str, str] = {}
+        self._inputs: dict[str, dict[str, Any]] = {}
+        for key, node in nodes.items():  # one pass; every later lookup is a dict hit
+            if isinstance(node, dict):
+                inputs = node.get("inputs")
+                self.types[str(key)] = str(node.get("class_type", ""))
+                self._inputs[str(key)] = inputs if isinstance(inputs, dict) else {}
 
     def inputs(self, node_id: str) -> dict[str, Any]:
-        node = self.nodes.get(node_id)
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        return inputs if isinstance(inputs, dict) else {}
+        return self._inputs.get(node_id, {})
 
     def class_type(self, node_id: str) -> str:
-        node = self.nodes.get(node_id)
-        return str(node.get("class_type", "")) if isinstance(node, dict) else ""
+        return self.types.get(node_id, "")
 
     def samplers(self) -> list[str]:
         """Sampler nodes, nearest the saved image first (breadth-first from every output node), then any other."""
-        outputs = sorted((i for i in self.nodes if any(w in self.class_type(i) for w in ("Save", "Preview"))),
-                         key=_order)
+        outputs = sorted((i for i, t in self.types.items() if "Save" in t or "Preview" in t), key=_order)
         seen, found = set(outputs), []
         queue = deque(outputs)
         steps = 0
@@ -63,13 +66,13 @@ class _Graph:
                 if target is not None and target not in seen:
                     seen.add(target)
                     queue.append(target)
-        rest = sorted((i for i in self.nodes if i not in found and self.is_sampler(i)), key=_order)
+        chosen = set(found)
+        rest = sorted((i for i in self.types if i not in chosen and self.is_sampler(i)), key=_order)
         return found + rest
 
     def is_sampler(self, node_id: str) -> bool:
         """A node that samples with conditioning (not a ControlNet node, which passes conditioning on)."""
-        inputs = self.inputs(node_id)
-        samples = "Sampler" in self.class_type(node_id) or any(k in inputs for k in SAMPLER_SETTINGS[:5])
+        samples = "Sampler" in self.types.get(node_id, "") or not SAMPLER_INPUTS.isdisjoint(self.inputs(node_id))
         return samples and self.conditioning(node_id, "positive") is not None
 
     def conditioning(self, sampler: str, role: str) -> str | None:
@@ -120,7 +123,7 @@ class _Graph:
         return "", [t for k, v in sorted(inputs.items()) if k not in NOT_TEXT and (t := _link(v))]
 
     def model(self, sampler: str) -> str | None:
-        """The checkpoint a sampler's model came from (breadth-first along ``model`` links, bounded)."""
+        """The checkpoint a sampler's model came from, along ``model`` links (LoRA loaders ...), bounded."""
         node_id = _link(self.inputs(sampler).get("model"))
         for _ in range(self.limits.max_graph_depth):
             if node_id is None:
@@ -134,16 +137,18 @@ class _Graph:
 
 
 def _order(node_id: str) -> tuple[int, str]:
-    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)
+    """Numeric ids in number order (ComfyUI's are small integers), any other id after them."""
+    numeric = node_id.isascii() and node_id.isdigit() and len(node_id) < 18
+    return (int(node_id), "") if numeric else (1 << 62, node_id)
 
 
-def parse_graph(text: str, limits: MetadataLimits, found_in: str) -> GenerationMetadata | None:
-    nodes = json_object(text)
+def parse_graph(nodes: dict | None, limits: MetadataLimits, found_in: str) -> GenerationMetadata | None:
+    """The record of a parsed ``prompt`` graph (None for anything that is not one, or one over the limits)."""
     if not nodes or len(nodes) > limits.max_graph_nodes:
         return None
-    if not any(isinstance(n, dict) and "class_type" in n for n in list(nodes.values())[:50]):
+    graph = _Graph(nodes, limits)
+    if not graph.types:
         return None
-    graph = _Graph({str(k): v for k, v in nodes.items()}, limits)
     for sampler in graph.samplers():
         positive = ", ".join(graph.texts(graph.conditioning(sampler, "positive") or "", "positive"))
         if not positive:

@@ -184,10 +184,11 @@ def novelai(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None
 
 
 def comfyui(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
-    if json_object(fields.get("prompt")) is not None:
-        return parse_graph(fields["prompt"], limits, "png:prompt")
+    nodes = json_object(fields.get("prompt"))
+    if nodes is not None:
+        return parse_graph(nodes, limits, "png:prompt")
     model_tag = fields.get("exif:Model", "")  # ComfyUI's WebP: "prompt:{...}" in IFD0's Model tag
-    return parse_graph(model_tag[7:], limits, "exif:Model") if model_tag.startswith("prompt:") else None
+    return parse_graph(json_object(model_tag[7:]), limits, "exif:Model") if model_tag.startswith("prompt:") else None
 
 
 def diffusiondb(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
