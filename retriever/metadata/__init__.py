@@ -39,6 +39,9 @@ def image_metadata(image: Image.Image, limits: MetadataLimits = MetadataLimits()
     exif = image.info.get("exif")  # JPEG, WebP and PNG keep the raw EXIF blob here
     if isinstance(exif, bytes) and len(exif) <= limits.max_field_bytes:
         found.exif = [exif]
+    comment = image.info.get("comment")  # a JPEG's COM segment
+    if isinstance(comment, bytes) and len(comment) <= limits.max_field_bytes:
+        found.comment = comment.decode("utf-8", errors="replace")
     xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     if isinstance(xmp, bytes | str) and len(xmp) <= limits.max_field_bytes:
         found.xmp = [xmp.decode("utf-8", errors="replace") if isinstance(xmp, bytes) else xmp]
