@@ -15,6 +15,7 @@ from api.batcher import MicroBatcher
 from api.errors import Refused
 from api.settings import Settings
 from retriever.images import ImageLimits, ImageRejected, admit_image
+from retriever.metadata import GenerationMetadata, read_metadata
 from retriever.pipeline import Interrogator
 
 
@@ -75,3 +76,9 @@ async def admit(service: Service, name: str, data: bytes) -> Image.Image:
         return await loop.run_in_executor(service.decoder, admit_image, data, service.limits, name)
     except ImageRejected as exc:
         raise Refused(exc.reason, str(exc)) from None
+
+
+async def read_recorded(data: bytes) -> GenerationMetadata | None:
+    """The prompt an upload's file records (bounded by ``MetadataLimits``: milliseconds, off the event loop);
+    nothing usable is None (the image is interrogated), never an error."""
+    return await asyncio.to_thread(read_metadata, data)

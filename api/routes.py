@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
-from api.deps import Service, admit, get_settings, read_uploads, ready, require_key
+from api.deps import Service, admit, get_settings, read_recorded, read_uploads, ready, require_key
 from api.errors import ERROR_RESPONSES, Refused
 from api.schemas import BatchOut, ErrorOut, InterrogateOut
 from api.settings import Settings
@@ -17,6 +17,7 @@ from retriever.images import ImageRejected
 from retriever.pipeline import Interrogation
 from retriever.profile import Mode
 from retriever.threads import in_force as threads_in_force
+from retriever.stages.recorded import ImageWithMetadata
 
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
@@ -31,6 +32,8 @@ TOP = Query(10, ge=0, le=100, description="candidates to return")
 MODE = Query(None, description="fast (retrieval only), classic, best (full assembly; the default) or negative "
                                "(the answer is the negative prompt)")
 FLAVOURS = Query(None, ge=0, le=32, description="most components the assembly may chain (default: the profile's)")
+METADATA = Query(True, description="answer the prompt the file records (A1111 parameters, ComfyUI graph, InvokeAI, "
+                                   "NovelAI, EXIF, XMP) when it has one; false: always interrogate")
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
@@ -52,7 +55,13 @@ def _result_out(result: Interrogation, service: Service, embedding: bool, top: i
     return out
 
 
-async def _interrogate(service: Service, image, mode: Mode | None, flavours: int | None) -> Interrogation:
+async def _admitted(service: Service, name: str, data: bytes, metadata: bool) -> ImageWithMetadata:
+    image = await admit(service, name, data)
+    return ImageWithMetadata(image, await read_recorded(data) if metadata else None)
+
+
+async def _interrogate(service: Service, image: ImageWithMetadata, mode: Mode | None,
+                       flavours: int | None) -> Interrogation:
     """One image through the micro-batcher; an image the model cannot take alone is refused, not a 500."""
     try:
         return await service.batcher.submit(image, (mode, flavours))
@@ -109,23 +118,23 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
 @v1.post("/interrogate", response_model=InterrogateOut, response_model_exclude_none=True, openapi_extra=UPLOAD_DOC,
          summary="interrogate one image (multipart field 'file', or the raw image as the body)")
 async def interrogate(request: Request, embedding: bool = EMBEDDING, top: int = TOP, mode: Mode | None = MODE,
-                      flavours: int | None = FLAVOURS, service: Service = Depends(ready),
+                      flavours: int | None = FLAVOURS, metadata: bool = METADATA, service: Service = Depends(ready),
                       settings: Settings = Depends(get_settings)) -> dict:
     (name, data), = await read_uploads(request, settings, many=False)
-    image = await admit(service, name, data)
+    image = await _admitted(service, name, data, metadata)
     return _result_out(await _interrogate(service, image, mode, flavours), service, embedding, top)
 
 
 @v1.post("/interrogate/batch", response_model=BatchOut, response_model_exclude_none=True, openapi_extra=BATCH_DOC,
          summary="interrogate several images (multipart, one part per image); bad images get per-item errors")
 async def interrogate_batch(request: Request, embedding: bool = EMBEDDING, top: int = TOP, mode: Mode | None = MODE,
-                            flavours: int | None = FLAVOURS, service: Service = Depends(ready),
-                            settings: Settings = Depends(get_settings)) -> dict:
+                            flavours: int | None = FLAVOURS, metadata: bool = METADATA,
+                            service: Service = Depends(ready), settings: Settings = Depends(get_settings)) -> dict:
     items: list[dict] = []
     for name, data in await read_uploads(request, settings, many=True):
         item: dict = {"filename": name}
         try:
-            image = await admit(service, name, data)
+            image = await _admitted(service, name, data, metadata)
             item["result"] = _result_out(await _interrogate(service, image, mode, flavours), service, embedding, top)
         except Refused as exc:
             item["error"] = {**exc.detail, "status": exc.status_code}

@@ -26,6 +26,11 @@ class InterrogateOut(BaseModel):
     profile: str
     models: dict[str, str]
     index_ids: dict[str, str]
+    source: str  # "metadata" (the prompt the file records) or "interrogation"
+    generator: str | None = None  # with source=metadata: the tool that recorded it
+    settings: dict | None = None  # with source=metadata: the recorded settings
+    recorded_in: str | None = None  # with source=metadata: png:parameters, exif:UserComment ...
+    interrogated_prompt: str | None = None  # with source=metadata: what interrogation answered
 
 
 class BatchItemOut(BaseModel):

@@ -5,6 +5,8 @@ admitted (``retriever.images``) by ``workers`` threads up to ``ahead`` batches b
 (measured on 2 CPU cores at batch 32: 71-72 images/s against 64-67 decoding inline, tiny-CLIP kaggle profile;
 on a GPU the model's time hides the decoding entirely); each batch goes through ``Interrogator.interrogate_batch``
 once.
+Each file is read once: its bytes are admitted and searched for a recorded prompt (``retriever.metadata``,
+unless ``metadata=False``), which the pipeline then answers with.
 A batch the model cannot finish (an image that needs too much memory) is retried image by image, so one bad
 image costs only its own answer.
 """
@@ -21,7 +23,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from PIL import Image
 
 from retriever.errors import UnpromptError
-from retriever.images import ImageLimits, load_image
+from retriever.images import ImageLimits, admit_image, read_image_file
+from retriever.metadata import GenerationMetadata, read_metadata
+from retriever.stages.recorded import ImageWithMetadata
 
 if TYPE_CHECKING:
     from retriever.pipeline import Interrogation, Interrogator
@@ -37,6 +41,7 @@ class Decoded:
     image: Image.Image | None = None
     error: str | None = None
     decode_ms: float = 0.0
+    recorded: GenerationMetadata | None = None
 
 
 @dataclass
@@ -47,26 +52,28 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _decode(path: str, limits: ImageLimits) -> Decoded:
+def _decode(path: str, limits: ImageLimits, metadata: bool = True) -> Decoded:
     t0 = time.perf_counter()
     try:
-        image = load_image(path, limits)
+        data = read_image_file(path, limits)
+        image = admit_image(data, limits, name=path)
     except UnpromptError as exc:
         return Decoded(path, error=str(exc))
     except MemoryError:
         return Decoded(path, error=f"{path}: the image needs too much memory")
-    return Decoded(path, image, decode_ms=(time.perf_counter() - t0) * 1000)
+    recorded = read_metadata(data) if metadata else None
+    return Decoded(path, image, decode_ms=(time.perf_counter() - t0) * 1000, recorded=recorded)
 
 
 def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
                     limits: ImageLimits = ImageLimits(), workers: int = DECODE_WORKERS,
-                    ahead: int = 2) -> Iterator[list[Decoded]]:
+                    ahead: int = 2, metadata: bool = True) -> Iterator[list[Decoded]]:
     """Batches of decoded images in input order, decoding up to ``ahead`` batches ahead of the consumer in
-    ``workers`` threads (0: each batch is decoded when it is asked for)."""
+    ``workers`` threads (0: each batch is decoded when it is asked for); ``metadata``: read recorded prompts."""
     batch_size = max(1, batch_size)
     if workers <= 0:
         for start in range(0, len(paths), batch_size):
-            yield [_decode(str(p), limits) for p in paths[start : start + batch_size]]
+            yield [_decode(str(p), limits, metadata) for p in paths[start : start + batch_size]]
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="unprompt-decode") as pool:
         pending: deque[Future[Decoded]] = deque()
@@ -74,7 +81,7 @@ def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH
         window = batch_size * (ahead + 1)
         while True:
             for path in todo:
-                pending.append(pool.submit(_decode, path, limits))
+                pending.append(pool.submit(_decode, path, limits, metadata))
                 if len(pending) >= window:
                     break
             if not pending:
@@ -84,13 +91,15 @@ def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH
 
 def interrogate_files(interrogator: "Interrogator", paths: Sequence[str | Path],
                       batch_size: int = DEFAULT_BATCH_SIZE, limits: ImageLimits = ImageLimits(),
-                      mode: "Mode | None" = None, flavours: int | None = None, stages: bool = True) -> Iterator[Answer]:
+                      mode: "Mode | None" = None, flavours: int | None = None, stages: bool = True,
+                      metadata: bool = True) -> Iterator[Answer]:
     """One Answer per path, in input order: a result with its timings (decode and every stage, per image), or
-    the reason the image could not be answered. ``stages``: as ``Interrogator.interrogate_batch``."""
-    for batch in decoded_batches(paths, batch_size, limits):
+    the reason the image could not be answered. ``stages`` and ``metadata``: as ``Interrogator.interrogate_batch``."""
+    for batch in decoded_batches(paths, batch_size, limits, metadata=metadata):
         good = [d for d in batch if d.image is not None]
         t0 = time.perf_counter()
-        results = _interrogate(interrogator, [d.image for d in good], (mode, flavours, stages)) if good else []
+        inputs = [ImageWithMetadata(d.image, d.recorded) for d in good]  # type: ignore[arg-type]
+        results = _interrogate(interrogator, inputs, (mode, flavours, stages, metadata)) if good else []
         batch_ms = (time.perf_counter() - t0) * 1000 / max(len(good), 1)
         answers = iter(results)
         for d in batch:

@@ -15,7 +15,6 @@ from retriever.encoders import create_space
 from retriever.encoders.base import Space
 from retriever.encoders.minilm import sentence_encoder
 from retriever.errors import IndexIntegrityError, ProfileError
-from retriever.images import load_image
 from retriever.index import TextIndex
 from retriever.index_files import read_record
 from retriever.paths import index_dir
@@ -26,12 +25,13 @@ from retriever.stages.candidates import Candidate, Candidates, best_of_all, best
 from retriever.stages.describe import Describer
 from retriever.stages.negative import NegativePrompt
 from retriever.stages.prior import Prior
+from retriever.stages.recorded import ImageWithMetadata, RecordedPrompt, prepare
 from retriever.stages.regress import BridgeRegressor, Regressor, load_regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
 from retriever.stages.retrieve import Retriever
 
 ALTERNATIVES = 5
-ImageLike = Image.Image | str | Path
+ImageLike = Image.Image | str | Path | ImageWithMetadata
 
 
 @dataclass
@@ -46,6 +46,11 @@ class Interrogation:
     mode: str = "best"
     template_candidates: int = 0  # filled templates scored before the chain
     timings_ms: dict[str, float] = field(default_factory=dict)
+    source: str = "interrogation"  # or "metadata": the prompt the file records (retriever.stages.recorded)
+    generator: str | None = None  # the tool that recorded it
+    settings: dict = field(default_factory=dict)  # the recorded settings (steps, sampler, seed, model ...)
+    recorded_in: str | None = None  # where in the file: png:parameters, exif:UserComment ...
+    interrogated_prompt: str | None = None  # with a recorded prompt: what interrogation answered
 
     @property
     def alternatives(self) -> list[str]:
@@ -63,7 +68,11 @@ class Interrogation:
             "prompt_candidates": [{"text": p.text, "score": round(p.score, 6)} for p in self.prompts[:top]],
             "template_candidates": self.template_candidates,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "source": self.source,
+            "generator": self.generator,
         }
+        if self.source == "metadata":
+            out.update(settings=self.settings, recorded_in=self.recorded_in, interrogated_prompt=self.interrogated_prompt)
         if embeddings:
             out["embedding"] = [round(float(x), 7) for x in self.embedding]
             out["stage_embeddings"] = {k: [round(float(x), 7) for x in v] for k, v in self.stage_embeddings.items()}
@@ -112,6 +121,7 @@ class Interrogator:
                                  None if self._rerank_is_metric else self._metric_embed, profile.name)
         self.describer = Describer.for_profile(profile, retrieval, indexes, self.metric) if profile.describe.enabled \
             else None
+        self.recorded = RecordedPrompt(self._metric_embed)
 
     @classmethod
     def load(cls, profile: str | Profile | None = None, checksums: bool = False) -> "Interrogator":
@@ -142,19 +152,23 @@ class Interrogator:
         return self.metric.encode_text(texts)
 
     def interrogate(self, image: ImageLike, mode: Mode | None = None, flavours: int | None = None,
-                    stages: bool = True) -> Interrogation:
+                    stages: bool = True, metadata: bool = True) -> Interrogation:
         """One image (a PIL image or a path): prompt, alternatives, negative prompt, embedding, timings."""
-        return self.interrogate_batch([image], mode, flavours, stages)[0]
+        return self.interrogate_batch([image], mode, flavours, stages, metadata)[0]
 
     def interrogate_batch(self, images: Sequence[ImageLike], mode: Mode | None = None,
-                          flavours: int | None = None, stages: bool = True) -> list[Interrogation]:
+                          flavours: int | None = None, stages: bool = True,
+                          metadata: bool = True) -> list[Interrogation]:
         """One Interrogation per image, in one batch through every stage. ``mode`` (fast, classic, best,
         negative) and ``flavours`` (components the chain may add) choose the assembly, as the profile's
         ``[modes]`` say. ``stages=False`` leaves out the metric embeddings only reports use (retrieval and
-        template) where they would cost a model call. Timings are per image (a batch's stage time over its size)."""
+        template) where they would cost a model call. A file that records its prompt is answered with it
+        (``source="metadata"``) unless ``metadata=False`` or the profile's ``[metadata]`` says otherwise.
+        Timings are per image (a batch's stage time over its size)."""
         if not images:
             return []
-        images = [_rgb(im) if isinstance(im, Image.Image) else load_image(im) for im in images]
+        inputs = [prepare(im, metadata and self.profile.metadata.enabled) for im in images]
+        images = [i.image for i in inputs]
         mode = mode or self.profile.default_mode
         assembler = Assembler(self.profile.assemble_for(mode, flavours))
         timer = _Timer()
@@ -193,6 +207,8 @@ class Interrogator:
             r.negative_prompt, r.mode = negative, mode
             if mode == "negative":
                 r.prompt = negative
+        with timer.stage("metadata"):
+            self.recorded.apply(results, [i.recorded for i in inputs], mode)
         per_image = {k: v / len(images) for k, v in timer.ms.items()}
         for r in results:
             r.timings_ms = dict(per_image)
@@ -231,11 +247,6 @@ class Interrogator:
             results.append(Interrogation(a.text, tops[i].text, final, named, cands, a.tried,
                                          template_candidates=a.template_count))
         return results
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    """A caller's own PIL image in any mode (L, RGBA, P, I;16 ...) as the encoders expect it."""
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _only_best(candidates: Candidates) -> Candidates:

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from retriever.encoders.minilm import METRIC_MODEL
 from retriever.errors import ProfileError
-from retriever.stage_configs import BlendConfig, DescribeConfig, NegativeConfig, PriorConfig
+from retriever.stage_configs import BlendConfig, DescribeConfig, MetadataConfig, NegativeConfig, PriorConfig
 from retriever.strict import Strict as _Strict, format_validation_error
 
 DEFAULT_PROFILE = "lite"
@@ -153,6 +153,7 @@ class Profile(_Strict):
     prior: PriorConfig = PriorConfig()
     negative: NegativeConfig = NegativeConfig()
     describe: DescribeConfig = DescribeConfig()
+    metadata: MetadataConfig = MetadataConfig()
     modes: dict[Mode, ModeConfig] = Field(default_factory=lambda: dict(DEFAULT_MODES))
     default_mode: Mode = "best"
     source: str = Field(default="", description="where the profile was read from (filled in on load)")

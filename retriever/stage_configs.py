@@ -71,3 +71,11 @@ class DescribeConfig(_Strict):
     jargon_flavours: int = Field(default=500, ge=0, description="words of the first N flavours count as real words")
     uncertainty_prior_weight: float = Field(default=0.0, ge=0, description="the prior's blend weight grows by this "
                                                                             "times (1 - the subject's confidence)")
+
+
+class MetadataConfig(_Strict):
+    """The recorded-prompt step (retriever/stages/recorded.py): an image whose file records the prompt that
+    made it (A1111 `parameters`, a ComfyUI graph, InvokeAI, NovelAI, EXIF, XMP ...) is answered with that
+    prompt; the interrogated one stays the first alternative. Per call: `--no-metadata`, `metadata=false`."""
+
+    enabled: bool = True

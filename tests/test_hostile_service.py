@@ -82,7 +82,7 @@ class _FailsOnMarker:
         return getattr(self.real, name)
 
     def interrogate_batch(self, images, mode=None, flavours=None):
-        if any(im.size == (13, 7) for im in images):
+        if any(im.image.size == (13, 7) for im in images):  # the service hands on ImageWithMetadata
             raise MemoryError("simulated: the image needs 40 GB")
         return self.real.interrogate_batch(images, mode, flavours)
 

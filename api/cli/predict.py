@@ -32,13 +32,13 @@ class Writer:
         self.stream, self.fmt, self.with_embedding, self.top = stream, fmt, with_embedding, top
         self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if self.csv:
-            self.csv.writerow(["image", "prompt", "negative_prompt", "error"])
+            self.csv.writerow(["image", "prompt", "negative_prompt", "error", "source", "generator"])
 
     def result(self, path: str, result, extra: dict) -> None:
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, **result.as_dict(self.with_embedding, self.top), **extra}))
         elif self.csv:
-            self.csv.writerow([path, result.prompt, result.negative_prompt, ""])
+            self.csv.writerow([path, result.prompt, result.negative_prompt, "", result.source, result.generator or ""])
         else:
             self._line(f"{_one_line(path)}\t{_one_line(result.prompt)}" if self.fmt == "tsv" else _one_line(result.prompt))
         self.stream.flush()
@@ -47,7 +47,7 @@ class Writer:
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, "error": message}))
         elif self.csv:
-            self.csv.writerow([path, "", "", message])
+            self.csv.writerow([path, "", "", message, "", ""])
         else:
             self._line(f"{_one_line(path)}\t" if self.fmt == "tsv" else "")
         self.stream.flush()
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             stream = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
         answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
-                                    stages=fmt == "jsonl" and not args.no_embedding)
+                                    stages=fmt == "jsonl" and not args.no_embedding, metadata=not args.no_metadata)
         for answer in tqdm(answers, total=len(paths), desc="predict", unit="img",
                            disable=None if len(paths) > 1 else True, file=sys.stderr):
             if answer.result is None:
@@ -100,7 +100,8 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files (PNG, JPEG, WebP, GIF, TIFF, ...) "
                                                                    "or folders of them")
     p.add_argument("--format", choices=FORMATS, default="text",
-                   help="text: one prompt a line; tsv: path and prompt; csv: image,prompt,negative_prompt,error; "
+                   help="text: one prompt a line; tsv: path and prompt; csv: image,prompt,negative_prompt,error,source,"
+                        "generator; "
                         "jsonl: one JSON object per image (prompt, alternatives, negative prompt, embeddings, "
                         "candidates, timings)")
     p.add_argument("--json", action="store_true", help="same as --format jsonl")
@@ -114,6 +115,10 @@ def register(sub) -> None:
                    help="images per model call (decoding runs ahead in threads); results do not depend on it")
     p.add_argument("--top", type=positive_int, default=20, help="candidates to include with jsonl")
     p.add_argument("--no-embedding", action="store_true", help="leave embeddings out of jsonl output")
+    p.add_argument("--no-metadata", action="store_true",
+                   help="interrogate every image, even one whose file records its prompt (A1111 parameters, a "
+                        "ComfyUI graph, InvokeAI, NovelAI, EXIF, XMP); by default that recorded prompt is the "
+                        "answer, with source=metadata and the generator named")
     p.add_argument("--max-pixels", type=positive_int, default=LIMITS.max_pixels,
                    help="refuse images with more pixels than this")
     p.add_argument("--max-bytes", type=positive_int, default=LIMITS.max_bytes, help="refuse larger files")

@@ -33,7 +33,7 @@ def run_submit(args: argparse.Namespace) -> int:
         check_output_file(args.prompts_out, "--prompts-out")
     list_images(args.images_dir)
     n = submit(Interrogator.load(args.profile), args.images_dir, args.out, prompts_out=args.prompts_out,
-               batch_size=args.batch_size)
+               batch_size=args.batch_size, metadata=not args.no_metadata)
     print(f"wrote {args.out}: {n} images x 384 rows" + (f"; prompts in {args.prompts_out}" if args.prompts_out else ""))
     return 0
 
@@ -83,6 +83,9 @@ def register(sub) -> None:
     p.add_argument("images_dir", help="folder of images")
     p.add_argument("--out", default="submission.csv", help="CSV to write (atomically)")
     p.add_argument("--prompts-out", default=None, help="also write imgId,prompt for every image to this CSV")
+    p.add_argument("--no-metadata", action="store_true",
+                   help="interrogate every image, even one whose file records its prompt (by default the recorded "
+                        "prompt's embedding is submitted for it)")
     _add_batch_size(p)
 
     p = command(sub, "eval", run_eval)

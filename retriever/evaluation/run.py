@@ -51,9 +51,10 @@ def seed_everything(seed: int) -> None:
 
 
 def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool = True,
-           prompts_out: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+           prompts_out: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE, metadata: bool = True) -> int:
     """Interrogate every image of a folder and write Kaggle's long submission (and, with ``prompts_out``, the
-    prompts as imgId,prompt); refuses if any image is bad. Outputs are checked first and written atomically."""
+    prompts as imgId,prompt); refuses if any image is bad. Outputs are checked first and written atomically.
+    An image whose file records its prompt is submitted with that prompt's embedding unless ``metadata=False``."""
     out = check_output_file(out, "--out")
     prompts_path = check_output_file(prompts_out, "--prompts-out") if prompts_out else None
     paths = list_images(images_dir)
@@ -62,7 +63,8 @@ def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool
     if dupes:
         raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
     vectors, prompts, bad = [], [], []
-    for answer in tqdm(interrogate_files(interrogator, paths, batch_size, stages=False), total=len(paths), desc="submit",
+    answers = interrogate_files(interrogator, paths, batch_size, stages=False, metadata=metadata)
+    for answer in tqdm(answers, total=len(paths), desc="submit",
                        unit="img", disable=not progress):
         if answer.result is None:
             bad.append(answer.error or answer.path)
@@ -99,7 +101,8 @@ class EvalResult:
 def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = None,
              constant_prompt: str = DEFAULT_CONSTANT_PROMPT, bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> EvalResult:
-    """Score every stage on its own, the final blend, and two baselines, per image."""
+    """Score every stage on its own, the final blend, and two baselines, per image. Recorded prompts are never
+    read here: eval measures interrogation, and a file's own prompt would score itself."""
     seed_everything(seed)
     paths, truths = read_pairs(table)
     missing = [str(p) for p in paths if not p.is_file()]
@@ -109,7 +112,7 @@ def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = 
     rows: list[EvalRow] = []
     per_stage: dict[str, list[float]] = {}
     timings: dict[str, list[float]] = {}
-    answers = interrogate_files(interrogator, paths, batch_size)
+    answers = interrogate_files(interrogator, paths, batch_size, metadata=False)
     for answer, truth, t_emb in tqdm(zip(answers, truths, truth_emb), total=len(truths), desc="eval", unit="img",
                                      disable=not progress):
         if answer.result is None:
