@@ -16,8 +16,8 @@ from retriever import __version__
 from retriever.images import ImageRejected
 from retriever.pipeline import Interrogation
 from retriever.profile import Mode
-from retriever.threads import in_force as threads_in_force
 from retriever.stages.recorded import ImageWithMetadata
+from retriever.threads import in_force as threads_in_force
 
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
