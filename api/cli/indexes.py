@@ -14,16 +14,21 @@ DEFAULTS = BuildOptions()
 def run_setup(args: argparse.Namespace) -> int:
     from index_build.setup import ensure_indexes
     from retriever.profile import load_profile
+    from retriever.search_device import machine_gpus
 
     profile = load_profile(args.profile)
+    options = BuildOptions(gpus=machine_gpus())  # a GPU machine gets GPU codes, and k-means on its GPUs
     if args.dry_run:
         from index_build.plan import describe, plan_setup
 
-        print(describe(plan_setup(profile)))
+        print(describe(plan_setup(profile, options)))
         return 0
-    for r in ensure_indexes(profile, force=args.force):
+    for r in ensure_indexes(profile, options, force=args.force):
         state = f"built in {r.seconds:.1f} s" if r.built else "up to date"
-        print(f"index {r.name}: {r.count} texts, {state} ({r.path})")
+        print(f"index {r.name}: {r.count} texts, {r.factory}, {state} ({r.path}); searched on {r.search}")
+        if options.gpus and not r.built and r.search.startswith("faiss-cpu"):
+            print(f"  this machine has {options.gpus} GPU(s) but the index has CPU codes: `unprompt setup --profile "
+                  f"{args.profile or profile.name} --force` rebuilds it for the GPU")
     return 0
 
 
@@ -38,26 +43,29 @@ def run_build_index(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     profile = load_profile(args.profile)
     manifest = load_manifest(args.manifest)
-    import faiss
-
-    from retriever.search_device import faiss_gpus
+    from retriever.search_device import machine_gpus
 
     options = BuildOptions(shard_size=args.shard_size, memory_budget=int(args.memory_budget * GiB),
                            exact_max=args.exact_max, factory=args.factory, reduce_to=args.pca, opq=args.opq,
-                           progress=not args.quiet, gpu=faiss_gpus(faiss) > 0)
+                           progress=not args.quiet, gpus=machine_gpus())
     encoder = text_tower(create_space(profile.retrieve.space))
+    extras = rerank_towers(profile)
     if args.ray is not None:
         from functools import partial
+
+        import ray
 
         from index_build.ray_runner import RayRunner
         from retriever.encoders import text_tower_for
 
-        import torch
-
-        # each encoder actor asks Ray for a GPU when this machine has them (Ray places them across the cluster)
-        options.runner = RayRunner(partial(text_tower_for, profile.retrieve.space), actors=args.ray_actors,
-                                   address=args.ray or None, num_gpus_per_actor=1 if torch.cuda.is_available() else 0)
-    report = build_index(manifest, encoder, Path(out), options, rerank_encoders=rerank_towers(profile))
+        if not ray.is_initialized():
+            ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False)
+        # an actor per GPU when the cluster has GPUs (Ray's totals, not this machine's), CPU actors otherwise
+        per_actor_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        specs = [profile.retrieve.space] + ([profile.rerank.space] if extras else [])
+        towers = {tower.model_id: partial(text_tower_for, spec) for tower, spec in zip([encoder, *extras], specs)}
+        options.runner = RayRunner(towers, actors=args.ray_actors, num_gpus_per_actor=per_actor_gpus)
+    report = build_index(manifest, encoder, Path(out), options, rerank_encoders=extras)
     rec = report.record
     print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
     print("embedded: " + ", ".join(f"{k}={v}" for k, v in report.embedded.items()))
