@@ -46,6 +46,11 @@ def train(index, sample: np.ndarray, gpus: int = 0) -> None:
         return
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        # index_factory's 8-bit IVF-PQ anneals a polysemous code order (about 5 s per sub-quantizer, on the CPU,
+        # whatever the sample): it serves only a CPU Hamming pre-filter (polysemous_ht) that is never set here,
+        # and the GPU IVF-PQ refuses it; the codes are the same without it
+        faiss.downcast_index(ivf).do_polysemous_training = False
     if ivf is not None and gpus > 0:
         # k-means of the coarse quantiser on the GPUs (a flat index: replicated on each); the rest is cheap
         clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d), ngpu=gpus)
