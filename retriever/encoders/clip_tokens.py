@@ -9,8 +9,10 @@ remembered; the result is identical to the tokenizer's own (a test compares them
 
 That holds only where the tokenizer's cleaning (``basic_clean``: ``ftfy.fix_text``, then ``html.unescape`` twice;
 whitespace and case) acts on each character alone. An entity does not: in ``tom &amp, jerry`` the piece ends in
-``p``, but the cleaned text is ``tom &, jerry``, where ``&,`` is one word. ftfy's encoding repair does not
-either (it judges the whole text). So a text with ``&`` or any non-ASCII character is tokenised whole.
+``p``, but the cleaned text is ``tom &, jerry``, where ``&,`` is one word. ftfy's repairs (mojibake, quotes,
+widths) are not documented as local, though no counterexample was found; on ASCII without ``&`` every step is
+local (control characters and terminal escapes are dropped where they stand). So a text with ``&`` or any
+non-ASCII character is tokenised whole: exact, at the price of the memo for those texts.
 Tokenizers other than ``SimpleTokenizer``, one with a reduction strategy, or one that cleans otherwise (the
 ``canonicalize`` cleaning drops punctuation) are called as they are.
 """
