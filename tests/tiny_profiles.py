@@ -20,17 +20,17 @@ MANIFESTS = {"captions.toml": "captions.toml", "diffusiondb-2m.toml": "captions.
              "components-1.6m.toml": "components.toml"}
 
 
-def tiny_profile(tmp_path: Path, tiny, name: str = "kaggle", flavours: int = 300, artists: int = 200) -> Path:
+def tiny_profile(tmp_path: Path, tiny, name: str = "kaggle", limits: dict[str, int] | None = None) -> Path:
     """``retriever/profiles/<name>.toml`` with its first CLIP (retrieval) replaced by unprompt-tiny-a, its second
-    (rerank) by unprompt-tiny-b, its manifests by small local ones, and no rerank floor (random weights)."""
+    (rerank) by unprompt-tiny-b, its manifests by small local ones (``limits``: rows kept of each component
+    source), and no rerank floor (random weights)."""
     (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
     (tmp_path / "captions.toml").write_text(
         '[[sources]]\nname = "captions"\npath = "captions.txt"\nkind = "caption"\n'
     )
     components = (REPO / "data_manifests" / "components.toml").read_text()
-    components = components.replace('path = "pkg:data_manifests/clip_interrogator/flavors.txt"',
-                                    f'path = "pkg:data_manifests/clip_interrogator/flavors.txt"\nlimit = {flavours}')
-    components = components.replace('kind = "artist"\n', f'kind = "artist"\nlimit = {artists}\n')
+    for source, limit in (limits or {"flavours": 300, "artists": 200}).items():
+        components = components.replace(f'name = "{source}"\n', f'name = "{source}"\nlimit = {limit}\n')
     (tmp_path / "components.toml").write_text(components)
     text = (REPO / "retriever" / "profiles" / f"{name}.toml").read_text()
     models = list(dict.fromkeys(m.group(0) for m in SPACE.finditer(text)))  # retrieval first, then rerank
@@ -43,7 +43,7 @@ def tiny_profile(tmp_path: Path, tiny, name: str = "kaggle", flavours: int = 300
     for production, local in MANIFESTS.items():
         text = text.replace(f'manifest = "{production}"', f'manifest = "{tmp_path / local}"')
     text = re.sub(r"floor = [0-9.]+", "floor = -1.0", text)  # random tiny models: keep every candidate
-    assert not SPACE.search(text.replace("unprompt-tiny", "")) and "data_manifests" not in text
+    assert not any(m in text for m in models) and all(f'"{m}"' not in text for m in MANIFESTS)
     path = tmp_path / f"{name}-tiny.toml"
     path.write_text(text)
     return path
