@@ -92,7 +92,8 @@ def register(sub) -> None:
     p = command(sub, "setup", run_setup)
     p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
     p.add_argument("--dry-run", action="store_true",
-                   help="list every index, manifest, source, row count, disk and RAM estimate and modelled GPU hours; "
+                   help="list every index, manifest, source, row count, FAISS index and where it is searched, disk, RAM and VRAM "
+                        "estimates and modelled GPU-minutes; "
                         "build nothing")
 
     p = command(sub, "build-index", run_build_index)
