@@ -27,8 +27,8 @@ def run_setup(args: argparse.Namespace) -> int:
         state = f"built in {r.seconds:.1f} s" if r.built else "up to date"
         print(f"index {r.name}: {r.count} texts, {r.factory}, {state} ({r.path}); searched on {r.search}")
         if options.gpus and not r.built and r.search.startswith("faiss-cpu"):
-            print(f"  this machine has {options.gpus} GPU(s) but the index has CPU codes: `unprompt setup --profile "
-                  f"{args.profile or profile.name} --force` rebuilds it for the GPU")
+            print(f"  this machine has {options.gpus} GPU(s) but the index has CPU codes: "
+                  f"`{profile.setup_command} --force` rebuilds it for the GPU")
     return 0
 
 
@@ -37,6 +37,7 @@ def run_build_index(args: argparse.Namespace) -> int:
     from index_build.manifest import load_manifest
     from index_build.setup import rerank_towers
     from retriever.encoders import create_space, text_tower
+    from retriever.errors import UnpromptError
     from retriever.files import check_output_dir
     from retriever.profile import load_profile
 
@@ -59,7 +60,11 @@ def run_build_index(args: argparse.Namespace) -> int:
         from retriever.encoders import text_tower_for
 
         if not ray.is_initialized():
-            ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UnpromptError(f"cannot start or reach Ray at {args.ray or 'a local instance'}: "
+                                    f"{str(exc).splitlines()[0][:200]}") from None
         # an actor per GPU when the cluster has GPUs (Ray's totals, not this machine's), CPU actors otherwise
         per_actor_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         specs = [profile.retrieve.space] + ([profile.rerank.space] if extras else [])
@@ -92,9 +97,8 @@ def register(sub) -> None:
     p = command(sub, "setup", run_setup)
     p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
     p.add_argument("--dry-run", action="store_true",
-                   help="list every index, manifest, source, row count, FAISS index and where it is searched, disk, RAM and VRAM "
-                        "estimates and modelled GPU-minutes; "
-                        "build nothing")
+                   help="list every index, manifest, source, row count, FAISS index and where it is searched, disk, "
+                        "RAM and VRAM estimates and modelled GPU-minutes; build nothing")
 
     p = command(sub, "build-index", run_build_index)
     p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")
