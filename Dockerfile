@@ -12,7 +12,9 @@ ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu FAISS_PACKAGE=faiss-cpu
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-cuda
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
-ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 FAISS_PACKAGE=faiss-gpu-cu12
+# faiss-gpu-cu12 pinned like everything else (PyPI has cp312 manylinux2014 wheels of 1.14.1.post1; it needs numpy 2
+# and pulls CUDA 12 runtime wheels); the build record (build.json) names the faiss that wrote each index
+ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 FAISS_PACKAGE=faiss-gpu-cu12==1.14.1.post1
 
 FROM base-${VARIANT} AS build
 WORKDIR /src

@@ -107,6 +107,7 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
         "profile": it.profile.model_dump(),
         "models": _models(service),
         "indexes": {name: ix.record.model_dump() for name, ix in it.indexes.items()},
+        "search": {name: ix.where for name, ix in it.indexes.items()},  # where each is searched: what happened
         "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
                    "max_aspect": settings.max_aspect, "max_batch_images": settings.max_batch_images},
         "batching": {"enabled": settings.batching, "max_batch_size": service.batcher.max_batch_size,

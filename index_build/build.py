@@ -57,8 +57,13 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("unprompt", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch", "sentence-transformers", "polars"):
+    """Installed versions of what shapes an index; ``faiss`` is the library that wrote it (whichever wheel: the
+    CPU one, or a GPU flavour such as faiss-gpu-cu12, listed under its own name)."""
+    import faiss
+
+    out = {"faiss": faiss.__version__}
+    for dist in ("unprompt", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "torch", "open_clip_torch",
+                 "sentence-transformers", "polars"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -92,7 +97,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         if n == 0:
             raise ManifestError(f"manifest {manifest.name!r} yields no texts after filtering")
         choice = choose_index(n, encoder.dim, opts.memory_budget, opts.exact_max, opts.reduce_to, opts.opq, opts.factory,
-                              opts.gpu)
+                              opts.gpus > 0)
         check_trainable(new_index(encoder.dim, choice), n)  # a bad factory or too few texts: refused before embedding
 
         stage("embed")
@@ -102,7 +107,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
                                            progress=opts.progress)
         for extra in rerank_encoders:
             for name, count in embedding.embed_sources(sources, extra, shard_root, opts.shard_size,
-                                                       progress=opts.progress).items():
+                                                       runner=opts.runner, progress=opts.progress).items():
                 embedded[name] += count
         timings["embed_s"] = time.perf_counter() - t
 
@@ -125,7 +130,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         else:  # the vectors go to disk first: IVF trains on a sample of them, then adds them in chunks
             with writer.file("vectors", ".npy") as tmp:
                 _write_rows(tmp, n, encoder.dim, blocks())
-                train(index, _sample_rows(tmp, sample_rows(n)))
+                train(index, _sample_rows(tmp, sample_rows(n)), opts.gpus)
                 timings["train_s"] = time.perf_counter() - t
                 stage("add")
                 t = time.perf_counter()
@@ -162,7 +167,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
             sources=[SourceEntry(name=st.source.name, kind=st.source.kind, content_hash=st.content_hash,
                                  count=st.count) for st in ordered],
             manifest_hash=manifest.digest(), timings_s={k: round(v, 3) for k, v in timings.items()},
-            versions=_versions(), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=_versions(), gpus=opts.gpus, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ), keep_dirs=_work_in_use(shard_root, ordered, [encoder, *rerank_encoders]))
         stage("done")
         return BuildReport(out, record, embedded, choice, timings)

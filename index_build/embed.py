@@ -86,6 +86,7 @@ class ShardJob:
     path: Path  # where the shard goes
     part: Path  # the staged texts
     rows: int
+    model_id: str = ""  # the text tower that embeds it (a runner with several towers picks by it)
 
     def texts(self) -> list[str]:
         import polars as pl
@@ -115,7 +116,7 @@ def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard
         directory = source_shard_dir(shard_root, model_id, st)
         for i in missing_shards(directory, st.count, shard_size):
             jobs.append(ShardJob(st.source.name, directory / f"{i:06d}.npy", st.part(i),
-                                 min(shard_size, st.count - i * shard_size)))
+                                 min(shard_size, st.count - i * shard_size), model_id))
     return jobs
 
 

@@ -17,7 +17,8 @@ class BuildOptions:
     factory: str | None = None  # FAISS factory string, overriding the automatic choice
     reduce_to: int | None = None  # PCA dimensions before IVF-PQ
     opq: bool = False
-    gpu: bool = False  # the index will be searched on GPUs: no fast-scan codes (they have no GPU kernel)
+    gpus: int = 0  # GPUs faiss sees (retriever.search_device.machine_gpus): > 0 means GPU codes (no fast-scan,
+    # which has no GPU kernel) and GPU k-means; setup, its --dry-run and build-index all pass the machine's count
     progress: bool = True
     runner: Any = None  # an index_build.embed.Runner; default: embed in this process
     on_stage: Callable[[str], None] | None = None  # told as each stage starts (read, embed, train, add, write, done)

@@ -25,6 +25,8 @@ class SetupResult:
     built: bool
     count: int
     seconds: float
+    factory: str = ""
+    search: str = ""  # where this machine would search it (retriever.search_device's plan for its type)
 
 
 def index_is_current(directory: Path, manifest_hash: str, model_id: str, rerank_ids: list[str]) -> bool:
@@ -71,7 +73,8 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
         stored = rerank_text_ids(profile) if ref.rerank_vectors == "stored" else []
         if not force and index_is_current(directory, manifest.digest(), text_model_id(profile.retrieve.space), stored):
             record = read_record(directory)  # current by its build record: answered without loading a model
-            results.append(SetupResult(ref.name, directory, False, record.count, 0.0))
+            results.append(SetupResult(ref.name, directory, False, record.count, 0.0, record.factory,
+                                       _search(record.factory, record.dim, options)))
             continue
         space = space or create_space(profile.retrieve.space)
         extras = rerank_towers(profile) if ref.rerank_vectors == "stored" else []
@@ -79,5 +82,13 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
 
         t = time.perf_counter()
         report = build_index(manifest, text_tower(space), directory, options, rerank_encoders=extras)
-        results.append(SetupResult(ref.name, directory, True, report.record.count, time.perf_counter() - t))
+        rec = report.record
+        results.append(SetupResult(ref.name, directory, True, rec.count, time.perf_counter() - t, rec.factory,
+                                   _search(rec.factory, rec.dim, options)))
     return results
+
+
+def _search(factory: str, dim: int, options: BuildOptions | None) -> str:
+    from retriever.search_device import describe, plan_for_factory
+
+    return describe(plan_for_factory(factory, dim, (options or BuildOptions()).gpus))

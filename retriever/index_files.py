@@ -65,7 +65,8 @@ class BuildRecord(BaseModel):
     sources: list[SourceEntry]
     manifest_hash: str = ""
     timings_s: dict[str, float] = {}
-    versions: dict[str, str] = {}
+    versions: dict[str, str] = {}  # faiss (the library's own version) and each installed faiss wheel, torch, ...
+    gpus: int = 0  # GPUs faiss saw when it built the index (0: a CPU build: fast-scan codes, CPU k-means)
     created: str = ""
 
 

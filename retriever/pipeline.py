@@ -16,7 +16,7 @@ from retriever.encoders.base import Space
 from retriever.encoders.minilm import sentence_encoder
 from retriever.errors import IndexIntegrityError, ProfileError
 from retriever.index import TextIndex
-from retriever.index_files import read_record
+from retriever.index_files import RECORD_NAME, read_record
 from retriever.paths import index_dir
 from retriever.profile import BridgeSpaceSpec, Mode, Profile, load_profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
@@ -90,7 +90,18 @@ class _Timer:
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t) * 1000
 
 
+def require_indexes(profile: Profile) -> None:
+    """Every index the profile names has a build record, or an error that names the setup command that builds it."""
+    for ref in profile.retrieve.indexes:
+        if not (index_dir(ref.name) / RECORD_NAME).is_file():
+            raise IndexIntegrityError(
+                f"profile {profile.name} needs index {ref.name}, and there is none at {index_dir(ref.name)}: build it "
+                f"with `{profile.setup_command}` (add --dry-run to see what it takes first)")
+        read_record(index_dir(ref.name))
+
+
 def load_indexes(profile: Profile, space: Space, checksums: bool = False) -> dict[str, TextIndex]:
+    require_indexes(profile)
     indexes = {}
     for ref in profile.retrieve.indexes:
         index = TextIndex.load(index_dir(ref.name), checksums=checksums).place(profile.retrieve.search)
@@ -130,8 +141,7 @@ class Interrogator:
 
     @classmethod
     def from_profile(cls, profile: Profile, checksums: bool = False) -> "Interrogator":
-        for ref in profile.retrieve.indexes:  # a missing index is reported before any model loads
-            read_record(index_dir(ref.name))
+        require_indexes(profile)  # a missing index is reported before any model loads
         retrieval = create_space(profile.retrieve.space)
         rerank = retrieval if profile.rerank.space == "retrieval" else create_space(profile.rerank.space)
         indexes = load_indexes(profile, retrieval, checksums)

@@ -37,6 +37,13 @@ class ClipSpaceSpec(_Strict):
     model_config_file: str | None = Field(
         default=None, description="optional JSON model config to register (custom or tiny models)"
     )
+    tag: str | None = Field(
+        default=None, description="the open_clip pretrained tag a checkpoint file's weights came from: the tag's image "
+                                  "preprocessing (mean, std, interpolation, resize mode) and QuickGELU then apply")
+    image_mean: tuple[float, float, float] | None = Field(default=None, description="overrides the tag's mean")
+    image_std: tuple[float, float, float] | None = Field(default=None, description="overrides the tag's std")
+    image_interpolation: Literal["bicubic", "bilinear", "nearest"] | None = None
+    image_resize_mode: Literal["shortest", "longest", "squash"] | None = None
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     compile: CompileMode = Field(default="off", description="torch.compile the image tower with this mode (GPU "
                                                             "serving; the first batch pays the compilation)")
@@ -172,6 +179,13 @@ class Profile(_Strict):
         if flavours is not None:
             update["max_chain"] = flavours
         return self.assemble.model_copy(update=update) if update else self.assemble
+
+    @property
+    def setup_command(self) -> str:
+        """The command that builds this profile's indexes: by name for a built-in profile, else by its file."""
+        builtin = Path(str(resources.files("retriever") / "profiles" / f"{self.name}.toml"))
+        by = self.name if not self.source or Path(self.source) == builtin else self.source
+        return f"unprompt setup --profile {by}"
 
     @property
     def rerank_space(self) -> ClipSpaceSpec | BridgeSpaceSpec:

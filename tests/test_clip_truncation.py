@@ -83,7 +83,10 @@ def test_piece_tokenizer_equals_open_clips_tokenizer_on_real_prompts():
         prompts = [row["prompt"] for row in csv.DictReader(f)]
     chained = [", ".join(flavours[i : i + 25]) for i in range(0, len(flavours), 5)]  # some pass 77 tokens
     odd = ["wow!, yes", "a,b", "x , y", "café, naïve art", "  spaced ,  out  ", "3, 4, 5d", "it's, 'quoted', ok",
-           "&amp;, html", "emoji 🎨, art", ",leading", "trailing,", ""]
+           "&amp;, html", "emoji 🎨, art", ",leading", "trailing,", "",
+           # cleaning that crosses a piece: an entity (open_clip unescapes it to "&", which joins the comma), ftfy's
+           # repair of mojibake, a terminal escape, spaces
+           "tom &amp, jerry", "a &amp;amp; b, c", "cafÃ©, x", "x\x1b[31m, y", "a  b, c", "Joaquín Sorolla, oil"]
     texts = prompts + flavours + chained + odd
     assert any(len(reference.encode(t)) > 75 for t in chained)
     assert torch.equal(pieces(texts), reference(texts))

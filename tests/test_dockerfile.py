@@ -32,7 +32,8 @@ def test_multi_stage_cpu_torch_and_a_cuda_variant():
     assert "python:3.11-slim AS base-cpu" in froms and any(f.startswith("nvidia/cuda:") for f in froms)
     assert "base-${VARIANT} AS build" in froms and "base-${VARIANT} AS runtime" in froms
     text = (REPO / "Dockerfile").read_text()
-    assert "ARG VARIANT=cpu" in text and "download.pytorch.org/whl/cpu" in text and "faiss-gpu" in text
+    assert "ARG VARIANT=cpu" in text and "download.pytorch.org/whl/cpu" in text
+    assert "FAISS_PACKAGE=faiss-gpu-cu12==1.14.1.post1" in text  # pinned: `pip index versions faiss-gpu-cu12`
     copies = [i["value"] for i in structure if i["instruction"] == "COPY"]
     assert "--from=build /opt/venv /opt/venv" in copies and "--from=build /var/lib/unprompt /var/lib/unprompt" in copies
     assert not any(c.startswith(". ") for c in copies)  # never the whole checkout

@@ -1,52 +1,19 @@
 """The kaggle profile's wiring, end to end, with tiny random CLIPs swapped in through the same profile keys."""
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import EXAMPLES, REPO, run_cli
+from tiny_profiles import CAPTIONS, tiny_profile
 
-CAPTIONS = [
-    "a photo of a cat sitting on a windowsill", "a cup of coffee on a wooden table", "a red sports car on a road",
-    "a castle on a hill at sunset", "portrait of an old man with a beard", "a bowl of fruit, still life",
-    "a spaceship flying over a city", "a dog running on the beach", "a forest in autumn with fog",
-    "a robot playing chess", "an astronaut riding a horse", "a lighthouse in a storm",
-]
 PROMPTS = CAPTIONS + [
     "digital painting of a dragon, highly detailed, artstation", "a cute cat, studio ghibli style",
     "cyberpunk city at night, neon lights, 4k", "oil painting of a ship at sea by turner",
     "a cozy cabin in the snow, warm light", "macro photo of a bee on a flower",
 ] * 4
-
-
-def tiny_profile(tmp_path: Path, tiny) -> Path:
-    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
-    (tmp_path / "captions.toml").write_text(
-        '[[sources]]\nname = "captions"\npath = "captions.txt"\nkind = "caption"\n'
-    )
-    components = (REPO / "data_manifests" / "components.toml").read_text()
-    components = components.replace('path = "pkg:data_manifests/clip_interrogator/flavors.txt"',
-                                    'path = "pkg:data_manifests/clip_interrogator/flavors.txt"\nlimit = 300')
-    components = components.replace('kind = "artist"\n', 'kind = "artist"\nlimit = 200\n')
-    (tmp_path / "components.toml").write_text(components)
-    text = (REPO / "retriever" / "profiles" / "kaggle.toml").read_text()
-    data = tomllib.loads(text)
-    a, b = tiny["unprompt-tiny-a"], tiny["unprompt-tiny-b"]
-    # the same keys the production profile uses: model, pretrained (+ a config for models open_clip doesn't ship)
-    text = text.replace('model = "ViT-bigG-14", pretrained = "laion2b_s39b_b160k"',
-                        f'model = "unprompt-tiny-a", pretrained = "{a["checkpoint"]}", model_config_file = "{a["config"]}"')
-    text = text.replace('model = "ViT-H-14", pretrained = "laion2b_s32b_b79k"',
-                        f'model = "unprompt-tiny-b", pretrained = "{b["checkpoint"]}", model_config_file = "{b["config"]}"')
-    text = text.replace('manifest = "captions.toml"', f'manifest = "{tmp_path / "captions.toml"}"')
-    text = text.replace('manifest = "components-1.6m.toml"', f'manifest = "{tmp_path / "components.toml"}"')
-    text = text.replace("floor = 0.29", "floor = -1.0")  # random tiny models: keep every candidate
-    assert data["retrieve"]["space"]["model"] == "ViT-bigG-14"
-    path = tmp_path / "kaggle-tiny.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")

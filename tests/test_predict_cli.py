@@ -73,7 +73,8 @@ def test_a_missing_index_is_reported_before_any_model_loads(monkeypatch):
 
     monkeypatch.setattr(retriever.pipeline, "create_space", no_models)
     res = run_cli("predict", "--profile", "kaggle", str(EXAMPLES / "cat.jpg"))
-    assert res.returncode == 2 and "no index at" in res.stderr and "captions-bigG" in res.stderr
+    assert res.returncode == 2 and "there is none at" in res.stderr and "captions-bigG" in res.stderr
+    assert "`unprompt setup --profile kaggle`" in res.stderr  # the command that builds kaggle's, not lite's
 
 
 @pytest.mark.parametrize("command", [[], ["predict"], ["setup"], ["build-index"]])

@@ -1,3 +1,4 @@
+import time
 from functools import partial
 
 import numpy as np
@@ -6,35 +7,68 @@ import pytest
 from index_build.build import BuildOptions, build_index
 from index_build.manifest import load_manifest
 from retriever.encoders import text_tower_for
+from retriever.errors import UnpromptError
 from retriever.index import TextIndex
 from retriever.profile import ClipSpaceSpec
 
 ray = pytest.importorskip("ray")
 
 
-def test_ray_embedding_gives_the_same_shards_and_index(tmp_path, tiny_clip):
-    tiny = tiny_clip["unprompt-tiny-a"]
-    spec = ClipSpaceSpec(kind="open_clip", model="unprompt-tiny-a", pretrained=str(tiny["checkpoint"]),
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for the module: 2 CPUs, no GPU (fewer than the tests ask for)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_spec(tiny) -> ClipSpaceSpec:
+    return ClipSpaceSpec(kind="open_clip", model=tiny["config"].stem, pretrained=str(tiny["checkpoint"]),
                          model_config_file=str(tiny["config"]))
+
+
+def test_ray_embedding_gives_the_same_shards_and_index_for_both_towers(tmp_path, tiny_clip, local_ray, capsys):
+    specs = [tiny_spec(tiny_clip["unprompt-tiny-a"]), tiny_spec(tiny_clip["unprompt-tiny-b"])]
     (tmp_path / "t.txt").write_text("\n".join(f"a painting of thing number {i}, oil on canvas" for i in range(300)))
     (tmp_path / "m.toml").write_text("[[sources]]\nname = 'things'\npath = 't.txt'\nkind = 'caption'\n")
     manifest = load_manifest(tmp_path / "m.toml")
-    encoder = text_tower_for(spec)
-    local = build_index(manifest, encoder, tmp_path / "local", BuildOptions(shard_size=50, progress=False))
+    encoder, rerank = (text_tower_for(s) for s in specs)
+    local = build_index(manifest, encoder, tmp_path / "local", BuildOptions(shard_size=50, progress=False),
+                        rerank_encoders=[rerank])
 
     from index_build.ray_runner import RayRunner
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # 3 actors asked of a 2-CPU cluster: capped at 2 (3 would leave one waiting for a CPU forever)
+    runner = RayRunner({e.model_id: partial(text_tower_for, s) for e, s in zip((encoder, rerank), specs)}, actors=3)
+    assert len(runner._actors) == 2 and "3 encoder actors asked for, the Ray cluster holds 2 (2 CPU)" in runner.capped
+    assert "the Ray cluster holds 2" in capsys.readouterr().err
     try:
-        runner = RayRunner(partial(text_tower_for, spec), actors=2)
         remote = build_index(manifest, encoder, tmp_path / "ray",
-                             BuildOptions(shard_size=50, progress=False, runner=runner))
+                             BuildOptions(shard_size=50, progress=False, runner=runner), rerank_encoders=[rerank])
     finally:
-        ray.shutdown()
-    assert remote.embedded == {"things": 300}
-    for a, b in zip(sorted((tmp_path / "local" / ".shards").rglob("*.npy")),
-                    sorted((tmp_path / "ray" / ".shards").rglob("*.npy"))):
-        assert a.name == b.name
+        runner.shutdown()
+    assert remote.embedded == {"things": 600}  # 300 texts x 2 towers, all on the actors
+    shards = {d: sorted((tmp_path / d / ".shards").rglob("*.npy")) for d in ("local", "ray")}
+    assert len(shards["ray"]) == len(shards["local"]) == 12  # 6 shards per tower
+    for a, b in zip(shards["local"], shards["ray"]):
+        assert a.relative_to(tmp_path / "local") == b.relative_to(tmp_path / "ray")
         np.testing.assert_allclose(np.load(a).astype(np.float32), np.load(b).astype(np.float32), atol=1e-3)
     assert local.record.files["index"].sha256 == remote.record.files["index"].sha256
     assert len(TextIndex.load(tmp_path / "ray")) == 300
+
+
+def test_actors_are_ready_checked_with_a_timeout(local_ray):
+    from index_build.ray_runner import RayRunner, actor_count
+
+    t = time.perf_counter()
+    with pytest.raises(UnpromptError, match=r"1 of 1 Ray encoder actors were not ready after 0.5 s .*1 CPU, 0 GPU"):
+        RayRunner({"slow": partial(time.sleep, 60)}, actors=1, ready_timeout=0.5)  # a model that never loads
+    assert time.perf_counter() - t < 20
+    with pytest.raises(UnpromptError, match="failed to start: .*invalid literal"):
+        RayRunner({"broken": partial(int, "no model here")}, actors=1)
+    # the cap reads the cluster's totals: one GPU holds one GPU actor, none holds none (a clear error, not a hang)
+    assert actor_count(2, {"CPU": 16, "GPU": 1}, 1, 1) == (1, "2 encoder actors asked for, the Ray cluster holds 1 "
+                                                              "(1 GPU)")
+    assert actor_count(2, {"CPU": 16, "GPU": 4}, 1, 1) == (2, "")
+    with pytest.raises(UnpromptError, match="the Ray cluster has 0 GPU"):
+        actor_count(2, {"CPU": 16}, 1, 1)

@@ -1,8 +1,7 @@
 """The builder at scale, tested small: remote sources over HTTP, the component split, dataset URLs, the setup
-plan, the search device choice, and model identity by content."""
+plan, exact GPU search, and model identity by content (GPU placement: test_gpu_choices.py)."""
 
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -73,58 +72,11 @@ def test_setup_dry_run_lists_what_the_kaggle_profile_would_build():
     out = res.stdout
     for needle in ("index captions-bigG", "index components-bigG", "captions.toml", "components-1.6m.toml",
                    "hf://datasets/poloclub/diffusiondb@b8d0f99b3a58f59185e5d8a827c753d5ca5de340/metadata-large.parquet", "rows 14,000,000",
-                   "license CC0-1.0", "ViT-bigG-14 (1280-d)", "ViT-H-14 (1024-d)", "GiB; RAM to serve", "h on one H100",
-                   "11,300 texts/s"):
+                   "license CC0-1.0", "ViT-bigG-14 (1280-d)", "ViT-H-14 (1024-d)", "GiB; RAM to serve", "min on one H100",
+                   "ViT-bigG-14 0.3M tokens/s", "GPU-minutes", "MODELLED"):
         assert needle in out, needle
     captions = out.split("index components-bigG")[0]
     assert "ViT-H-14" not in captions  # captions keep no stored rerank vectors: on demand
-
-
-class _FakeGpuFaiss:
-    """faiss as a machine with two GPUs shows it; records how the index was cloned."""
-
-    def __init__(self, gpus: int, fails: bool = False) -> None:
-        self.gpus, self.fails, self.cloned = gpus, fails, None
-
-    def get_num_gpus(self) -> int:
-        return self.gpus
-
-    def GpuMultipleClonerOptions(self):  # noqa: N802 (faiss's name)
-        return SimpleNamespace(useFloat16=False, shard=False)
-
-    def index_cpu_to_all_gpus(self, index, co=None):
-        if self.fails:
-            raise RuntimeError("not implemented for this index type")
-        self.cloned = co
-        return ("on-gpus", index)
-
-
-def test_the_search_device_choice():
-    from retriever.search_device import choose_backend, to_gpus
-
-    cpu_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False))
-    cuda_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True))
-    import faiss as real_faiss
-
-    assert choose_backend("auto", real_faiss, cpu_torch) == "faiss-cpu"  # this machine
-    assert choose_backend("auto", _FakeGpuFaiss(2), cpu_torch) == "faiss-gpu"
-    assert choose_backend("cpu", _FakeGpuFaiss(2), cuda_torch) == "faiss-cpu"
-    assert choose_backend("gpu_exact", _FakeGpuFaiss(0), cuda_torch) == "torch-exact"
-    assert choose_backend("gpu_exact", _FakeGpuFaiss(0), cpu_torch) == "faiss-cpu"  # no CUDA: the CPU fallback
-    fake = _FakeGpuFaiss(2)
-    placed, where = to_gpus("cpu-index", fake)
-    assert placed == ("on-gpus", "cpu-index") and fake.cloned.useFloat16 and fake.cloned.shard and "x2" in where
-    placed, where = to_gpus("fast-scan", _FakeGpuFaiss(1, fails=True))
-    assert placed == "fast-scan" and where.startswith("faiss-cpu")
-
-
-def test_index_choice_for_gpu_search_avoids_fast_scan():
-    from index_build.choose import choose_index
-
-    cpu, gpu = choose_index(20_000_000, 1280, 8 << 30), choose_index(20_000_000, 1280, 8 << 30, gpu=True)
-    assert cpu.factory.endswith("x4fs") and "HNSW" in cpu.factory
-    assert gpu.factory == "IVF4096,PQ64" and "8-bit" in gpu.reason
-    assert cpu.nprobe == gpu.nprobe == 1024
 
 
 def test_exact_torch_search_matches_numpy():

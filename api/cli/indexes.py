@@ -14,16 +14,21 @@ DEFAULTS = BuildOptions()
 def run_setup(args: argparse.Namespace) -> int:
     from index_build.setup import ensure_indexes
     from retriever.profile import load_profile
+    from retriever.search_device import machine_gpus
 
     profile = load_profile(args.profile)
+    options = BuildOptions(gpus=machine_gpus())  # a GPU machine gets GPU codes, and k-means on its GPUs
     if args.dry_run:
         from index_build.plan import describe, plan_setup
 
-        print(describe(plan_setup(profile)))
+        print(describe(plan_setup(profile, options)))
         return 0
-    for r in ensure_indexes(profile, force=args.force):
+    for r in ensure_indexes(profile, options, force=args.force):
         state = f"built in {r.seconds:.1f} s" if r.built else "up to date"
-        print(f"index {r.name}: {r.count} texts, {state} ({r.path})")
+        print(f"index {r.name}: {r.count} texts, {r.factory}, {state} ({r.path}); searched on {r.search}")
+        if options.gpus and not r.built and r.search.startswith("faiss-cpu"):
+            print(f"  this machine has {options.gpus} GPU(s) but the index has CPU codes: "
+                  f"`{profile.setup_command} --force` rebuilds it for the GPU")
     return 0
 
 
@@ -32,32 +37,40 @@ def run_build_index(args: argparse.Namespace) -> int:
     from index_build.manifest import load_manifest
     from index_build.setup import rerank_towers
     from retriever.encoders import create_space, text_tower
+    from retriever.errors import UnpromptError
     from retriever.files import check_output_dir
     from retriever.profile import load_profile
 
     out = check_output_dir(args.out, "--out")
     profile = load_profile(args.profile)
     manifest = load_manifest(args.manifest)
-    import faiss
-
-    from retriever.search_device import faiss_gpus
+    from retriever.search_device import machine_gpus
 
     options = BuildOptions(shard_size=args.shard_size, memory_budget=int(args.memory_budget * GiB),
                            exact_max=args.exact_max, factory=args.factory, reduce_to=args.pca, opq=args.opq,
-                           progress=not args.quiet, gpu=faiss_gpus(faiss) > 0)
+                           progress=not args.quiet, gpus=machine_gpus())
     encoder = text_tower(create_space(profile.retrieve.space))
+    extras = rerank_towers(profile)
     if args.ray is not None:
         from functools import partial
+
+        import ray
 
         from index_build.ray_runner import RayRunner
         from retriever.encoders import text_tower_for
 
-        import torch
-
-        # each encoder actor asks Ray for a GPU when this machine has them (Ray places them across the cluster)
-        options.runner = RayRunner(partial(text_tower_for, profile.retrieve.space), actors=args.ray_actors,
-                                   address=args.ray or None, num_gpus_per_actor=1 if torch.cuda.is_available() else 0)
-    report = build_index(manifest, encoder, Path(out), options, rerank_encoders=rerank_towers(profile))
+        if not ray.is_initialized():
+            try:
+                ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UnpromptError(f"cannot start or reach Ray at {args.ray or 'a local instance'}: "
+                                    f"{str(exc).splitlines()[0][:200]}") from None
+        # an actor per GPU when the cluster has GPUs (Ray's totals, not this machine's), CPU actors otherwise
+        per_actor_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        specs = [profile.retrieve.space] + ([profile.rerank.space] if extras else [])
+        towers = {tower.model_id: partial(text_tower_for, spec) for tower, spec in zip([encoder, *extras], specs)}
+        options.runner = RayRunner(towers, actors=args.ray_actors, num_gpus_per_actor=per_actor_gpus)
+    report = build_index(manifest, encoder, Path(out), options, rerank_encoders=extras)
     rec = report.record
     print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
     print("embedded: " + ", ".join(f"{k}={v}" for k, v in report.embedded.items()))
@@ -84,8 +97,8 @@ def register(sub) -> None:
     p = command(sub, "setup", run_setup)
     p.add_argument("--force", action="store_true", help="rebuild even if the index looks current")
     p.add_argument("--dry-run", action="store_true",
-                   help="list every index, manifest, source, row count, disk and RAM estimate and modelled GPU hours; "
-                        "build nothing")
+                   help="list every index, manifest, source, row count, FAISS index and where it is searched, disk, "
+                        "RAM and VRAM estimates and modelled GPU-minutes; build nothing")
 
     p = command(sub, "build-index", run_build_index)
     p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")

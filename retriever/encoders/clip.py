@@ -42,9 +42,48 @@ def _host_reachable(host: str) -> bool:
 def _how_to_provide(spec: ClipSpaceSpec) -> str:
     return (
         f"Download the checkpoint for {spec.model} ({spec.pretrained}) on a machine with access, then set "
-        f'`pretrained = "/path/to/open_clip_pytorch_model.bin"` for this model in a copy of the profile '
-        "and pass it with `--profile ./my-profile.toml` (or place it in the Hugging Face cache, HF_HOME)."
+        f'`pretrained = "/path/to/open_clip_pytorch_model.bin"` and `tag = "{spec.pretrained}"` (its preprocessing) '
+        "for this model in a copy of the profile and pass it with `--profile ./my-profile.toml` (or place it in "
+        "the Hugging Face cache, HF_HOME)."
     )
+
+
+def _tag_cfg(model: str, tag: str) -> dict:
+    from open_clip import pretrained as oc_pretrained
+
+    cfg = oc_pretrained.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = oc_pretrained.list_pretrained_tags_by_model(model)
+        raise ProfileError(
+            f"open_clip has no pretrained tag {tag!r} for {model}; "
+            f"known tags: {', '.join(tags) or 'none'} (or give a checkpoint path)"
+        )
+    return cfg
+
+
+def load_settings(spec: ClipSpaceSpec) -> dict:
+    """Keyword arguments of open_clip's ``create_model_and_transforms`` that a pretrained tag implies.
+
+    open_clip applies a tag's preprocessing (mean, std, interpolation, resize mode: ``pretrained.py``) only when
+    it downloads the weights itself; given a file path it falls back to the model config's defaults, and it
+    never switches on QuickGELU for a tag trained with it (it warns). Here the tag (``pretrained`` when it is
+    one, else ``tag``, the tag a checkpoint file came from) decides both, and the profile's explicit
+    ``image_*`` fields override it."""
+    import open_clip
+
+    tag = spec.tag or (None if _looks_like_path(spec.pretrained) or spec.pretrained == RANDOM else spec.pretrained)
+    if spec.tag and not _looks_like_path(spec.pretrained) and spec.pretrained not in (RANDOM, spec.tag):
+        raise ProfileError(f"{spec.model}: `tag = {spec.tag!r}` contradicts `pretrained = {spec.pretrained!r}`; "
+                           "give `tag` only with a checkpoint path")
+    cfg = _tag_cfg(spec.model, tag) if tag else {}
+    settings = {"image_mean": spec.image_mean or cfg.get("mean"), "image_std": spec.image_std or cfg.get("std"),
+                "image_interpolation": spec.image_interpolation or cfg.get("interpolation"),
+                "image_resize_mode": spec.image_resize_mode or cfg.get("resize_mode")}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    model_quick_gelu = bool((open_clip.get_model_config(spec.model) or {}).get("quick_gelu", False))
+    if cfg.get("quick_gelu", False) and not model_quick_gelu:
+        settings["force_quick_gelu"] = True
+    return settings
 
 
 def resolve_checkpoint(spec: ClipSpaceSpec) -> str | None:
@@ -64,13 +103,7 @@ def resolve_checkpoint(spec: ClipSpaceSpec) -> str | None:
                 "Point `pretrained` at an existing .bin/.pt/.safetensors file."
             )
         return str(path)
-    cfg = oc_pretrained.get_pretrained_cfg(spec.model, spec.pretrained)
-    if not cfg:
-        tags = oc_pretrained.list_pretrained_tags_by_model(spec.model)
-        raise ProfileError(
-            f"open_clip has no pretrained tag {spec.pretrained!r} for {spec.model}; "
-            f"known tags: {', '.join(tags) or 'none'} (or give a checkpoint path)"
-        )
+    cfg = _tag_cfg(spec.model, spec.pretrained)
     hub_id = cfg.get("hf_hub", "")
     host = HF_HOST if hub_id else urlparse(cfg.get("url", "")).hostname or HF_HOST
     cached = _cached_checkpoint(cfg)
@@ -153,12 +186,13 @@ class ClipSpace:
         if spec.model not in open_clip.list_models():
             raise ProfileError(f"open_clip knows no model named {spec.model!r}")
         checkpoint = resolve_checkpoint(spec)
+        settings = load_settings(spec)
         self.device = device or pick_device()
         self.dtype = pick_dtype(self.device, spec.precision)
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.model, pretrained=checkpoint, precision=precision, device=self.device
+                spec.model, pretrained=checkpoint, precision=precision, device=self.device, **settings
             )
         except (RuntimeError, OSError, KeyError, ValueError) as exc:
             raise MissingWeightsError(
