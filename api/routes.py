@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
@@ -47,7 +48,7 @@ def _result_out(result: Interrogation, service: Service, embedding: bool, top: i
         out["embedding"] = [round(float(x), 7) for x in result.embedding]
     out["profile"] = service.interrogator.profile.name
     out["models"] = _models(service)
-    out["index_ids"] = {name: ix.record.build_id for name, ix in service.interrogator.indexes.items()}
+    out["index_ids"] = dict(result.index_ids)  # the builds that answered (a reload may have swapped since)
     return out
 
 
@@ -96,7 +97,8 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
         "version": __version__,
         "profile": it.profile.model_dump(),
         "models": _models(service),
-        "indexes": {name: ix.record.model_dump() for name, ix in it.indexes.items()},
+        "indexes": {name: {**ix.record.model_dump(), "loaded_at": round(ix.loaded_at, 3), "load_s": round(ix.load_s, 3)}
+                    for name, ix in it.indexes.items()},
         "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
                    "max_aspect": settings.max_aspect, "max_batch_images": settings.max_batch_images},
         "batching": {"enabled": settings.batching, "max_batch_size": service.batcher.max_batch_size,
@@ -129,6 +131,20 @@ async def interrogate_batch(request: Request, embedding: bool = EMBEDDING, top: 
             item["error"] = {**exc.detail, "status": exc.status_code}
         items.append(item)
     return {"results": items}
+
+
+@v1.post("/admin/reload", summary="take up committed rebuilds of the indexes without a restart",
+         responses={409: {"model": ErrorOut}})
+async def admin_reload(request: Request, _: Service = Depends(ready)) -> dict:
+    """Each index whose directory has committed a new build is loaded beside the serving one, checked and
+    warmed; then all are swapped at once. A build that fails is refused (409) and the old one keeps serving."""
+    result = await run_in_threadpool(request.app.state.reloader.reload)
+    if result.refused:
+        raise Refused("reload_refused", "; ".join(f"{name}: {why}" for name, why in result.refused.items())
+                      + " (the previous build keeps serving)")
+    serving = request.app.state.service.interrogator.indexes
+    return {"loaded": result.loaded, "unchanged": result.unchanged,
+            "indexes": {name: ix.record.build_id for name, ix in serving.items()}}
 
 
 router.include_router(v1)
