@@ -27,6 +27,7 @@ from api.reload import Reloader
 from api.routes import DOCS_ASSETS, router
 from api.settings import Settings
 from retriever import __version__
+from retriever.feedback import FeedbackStore
 from retriever.pipeline import Interrogator
 
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
                   description="Recover the prompt behind an image. POST an image to /v1/interrogate.")
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, None
+    app.state.feedback = FeedbackStore(keep_images=settings.feedback_keep_images)
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -26,6 +26,12 @@ class InterrogateOut(BaseModel):
     profile: str
     models: dict[str, str]
     index_ids: dict[str, str]
+    image_sha256: str | None = None  # of the uploaded bytes: what POST /v1/feedback names the image by
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    image_kept: bool
 
 
 class BatchItemOut(BaseModel):
