@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaded = interrogator
+        nonlocal interrogator
+        # the service holds the interrogator from here on: a hot swap must be able to free the old one
+        loaded, interrogator = interrogator, None
         if loaded is None:
             from retriever.profile import load_profile
 

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Service
 from api.metrics import Metrics
-from retriever.hot_swap import Reload, committed_builds, prepare_reload
+from retriever.hot_swap import Reload, canary_image, committed_builds, prepare_reload
 from retriever.pipeline import Interrogator
 
 
@@ -38,8 +38,6 @@ class Reloader:
 
     def _warm(self, candidate: Interrogator) -> None:
         """The canary interrogation, on the model thread: it waits its turn like any batch."""
-        from retriever.hot_swap import canary_image
-
         self.service.batcher.executor.submit(candidate.interrogate_batch, [canary_image()]).result()
 
     def reload(self, skip_refused: bool = False) -> Reload:
@@ -54,13 +52,12 @@ class Reloader:
                 self.refused.pop(name, None)
                 self.metrics.reloads.labels(name, "loaded").inc()
                 self.log.info("index reloaded", extra={"fields": {"index": name, "build_id": build_id}})
-            if result.refused and not (skip_refused and all("refused before" in r for r in result.refused.values())):
-                committed = committed_builds(self.service.interrogator)
-                for name, why in result.refused.items():
-                    self.refused[name] = committed.get(name, "")
-                    self.metrics.reloads.labels(name, "refused").inc()
-                    self.log.warning("index build refused; the old build keeps serving",
-                                     extra={"fields": {"index": name, "reason": why}})
+            for name, why in result.refused.items():
+                self.refused[name] = result.tried.get(name, "")
+                self.metrics.reloads.labels(name, "refused").inc()
+                self.log.warning("index build refused; the old build keeps serving",
+                                 extra={"fields": {"index": name, "build_id": result.tried.get(name, ""),
+                                                   "reason": why}})
             return result
 
     async def watch(self, interval_s: float) -> None:

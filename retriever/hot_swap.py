@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from retriever.encoders import text_tower
 from retriever.errors import IndexIntegrityError, UnpromptError
 from retriever.index import TextIndex
 from retriever.index_files import read_record
@@ -29,6 +30,8 @@ class Reload:
     loaded: dict[str, str] = field(default_factory=dict)  # index -> new build id
     unchanged: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # index -> why
+    tried: dict[str, str] = field(default_factory=dict)  # index -> the committed build id that was tried
+    skipped: list[str] = field(default_factory=list)  # committed builds refused before, not tried again
 
 
 def committed_builds(interrogator: Interrogator) -> dict[str, str]:
@@ -75,17 +78,20 @@ def prepare_reload(current: Interrogator, checksums: bool = True,
         if build_id == current.indexes[name].record.build_id:
             result.unchanged.append(name)
             continue
-        if skip and skip.get(name) == build_id and build_id:
-            result.refused[name] = f"build {build_id} was refused before"
+        if skip and skip.get(name) == build_id:
+            result.skipped.append(name)
             continue
+        result.tried[name] = build_id
         try:
             index = load_index(current.profile, name, current.retrieval_space, checksums)
-            canary_check(index, current.retrieval_space.encode_text)
+            canary_check(index, text_tower(current.retrieval_space).encode_text)
         except (UnpromptError, MemoryError, OSError) as exc:
             result.refused[name] = str(exc) or type(exc).__name__
             continue
         fresh[name] = index
         result.loaded[name] = index.record.build_id
+    if result.refused:  # all or nothing: the builds that passed wait for the next reload
+        result.loaded.clear()
     if result.refused or not fresh:
         return result
     candidate = current.with_indexes({**current.indexes, **fresh})
