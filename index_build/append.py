@@ -22,7 +22,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from index_build import embed as embedding
-from index_build.build import SHARD_DIR, TEXT_DIR, BuildReport, _exclusive, _versions, _write_rows
+from index_build.build import SHARD_DIR, TEXT_DIR, BuildReport, _exclusive, _read_rows, _versions, _write_rows
+from index_build.faiss_build import fill
 from index_build.choose import IndexChoice
 from index_build.manifest import Manifest
 from index_build.options import BuildOptions
@@ -98,13 +99,9 @@ def append_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, opti
         if "vectors" in rec.files:
             with writer.file("vectors", ".npy") as tmp:
                 _write_rows(tmp, n, rec.dim, blocks(rec.model_id, own_rows))
-            vectors = np.load(out / writer.name("vectors", ".npy"), mmap_mode="r")
-            for start in range(0, n, READ_CHUNK):
-                index.add(np.ascontiguousarray(vectors[start : start + READ_CHUNK], dtype=np.float32))
-            del vectors
+            fill(index, (block for _, block in _read_rows(out / writer.name("vectors", ".npy"))))
         else:
-            for block in blocks(rec.model_id, own_rows):
-                index.add(np.ascontiguousarray(block, dtype=np.float32))
+            fill(index, blocks(rec.model_id, own_rows))
         timings["add_s"] = time.perf_counter() - t
 
         stage("write")

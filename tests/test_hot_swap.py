@@ -161,6 +161,8 @@ def test_reload_under_load_swaps_without_a_failed_request(swap_env):
     before = [a for a in answers if a[1] < swapped - 1.0]
     assert before and all(a[3] == first.build_id and set(a[4]) <= set(SUBJECTS_OLD) for a in before)
     new_bytes = sum(f.bytes for f in second.files.values())
+    print(f"reload under {CLIENTS} clients: {len(answers)} answers, 0 failed; RSS rose {(peak[0] - rss_before) / 2**20:.1f}"
+          f" MiB during the reload (new build {new_bytes / 2**20:.2f} MiB on disk)")
     assert peak[0] - rss_before <= new_bytes + 150 * 2**20, (peak[0] - rss_before, new_bytes)
 
 
