@@ -29,6 +29,7 @@ from conftest import REPO, run_cli
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
 SKIP = {"docker": "needs Docker (tests/test_dockerfile.py checks the Dockerfile)",
         "pip": "installs packages", "bash": "CI's own set-up script (this test runs after it)"}
+SHELL_OPERATORS = {"|", ">", ">>", "<", ";", "||"}
 LINKED_OUT = {".git", ".venv", "test-artifacts", "build", "dist"}
 
 
@@ -38,15 +39,19 @@ def readme_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def shell_commands(body: str) -> list[str]:
-    """A bash block's commands: comments dropped, continuation lines joined, `a && b` split in turn."""
-    joined = re.sub(r"\\\n\s*", " ", body)
+    """A bash block's commands: comments dropped, continuation lines joined, `a && b` split in turn (each part
+    re-quoted for the shell, redirections and pipes kept)."""
     out = []
-    for line in joined.splitlines():
-        words = shlex.split(line, comments=True)
-        if not words:
-            continue
-        command = shlex.join(words) if not any(c in line for c in "|>") else line.split(" #", 1)[0].strip()
-        out.extend(part.strip() for part in command.split(" && ") if part.strip())
+    for line in re.sub(r"\\\n\s*", " ", body).splitlines():
+        lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lex.whitespace_split, lex.commenters = True, "#"
+        group: list[str] = []
+        for token in [*lex, "&&"]:
+            if token != "&&":
+                group.append(token)
+            elif group:
+                out.append(" ".join(t if t in SHELL_OPERATORS else shlex.quote(t) for t in group))
+                group = []
     return out
 
 
