@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from importlib import resources
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -165,6 +166,8 @@ async def feedback(request: Request, service: Service = Depends(ready), settings
         row_id = await run_in_threadpool(store.add, row, image, suffix)
     except FeedbackError as exc:
         raise Refused("bad_feedback", str(exc)) from None
+    except (sqlite3.Error, OSError) as exc:  # a full disk, a read-only home: the request says so, nothing else breaks
+        raise Refused("feedback_unavailable", f"the feedback store cannot be written ({exc})") from None
     return {"id": row_id, "image_kept": image is not None and store.keep_images}
 
 

@@ -89,3 +89,11 @@ def test_an_image_that_does_not_match_its_hash_is_refused(served):
     assert r.status_code == 422 and "does not match" in r.json()["error"]["message"]
     r = client.post("/v1/feedback", content=b"not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+
+
+def test_a_store_that_cannot_be_written_is_a_clear_503(served):
+    client, store = served
+    store.path.mkdir(parents=True)  # the database's name taken by a folder: SQLite cannot open it
+    r = client.post("/v1/feedback", json={"image_sha256": "ab" * 32, "corrected_prompt": "a cat"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "feedback_unavailable"
+    assert client.get("/healthz").status_code == 200
