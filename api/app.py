@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -22,9 +23,11 @@ from api.errors import install_error_handlers
 from api.logs import configure
 from api.metrics import Metrics
 from api.middleware import BodySizeLimit, Observe
+from api.reload import Reloader
 from api.routes import DOCS_ASSETS, router
 from api.settings import Settings
 from retriever import __version__
+from retriever.feedback import FeedbackStore
 from retriever.pipeline import Interrogator
 
 
@@ -35,19 +38,22 @@ def default_batch_size() -> int:
 
 
 def _start(settings: Settings, metrics: Metrics, interrogator: Interrogator) -> Service:
+    decoder = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="unprompt-decode")
+    service = Service(interrogator, None, decoder, settings.image_limits())  # type: ignore[arg-type]
+
     def run(images, options):
         mode, flavours = options or (None, None)
-        results = interrogator.interrogate_batch(images, mode, flavours)
+        # the interrogator serving when the batch starts: a hot swap meanwhile leaves this batch on the old build
+        results = service.interrogator.interrogate_batch(images, mode, flavours)
         for result in results:  # per image, as the histogram says
             for stage, ms in result.timings_ms.items():
                 metrics.stage.labels(stage).observe(ms / 1000)
         return results
 
-    batcher = MicroBatcher(run, settings.max_batch_size or default_batch_size(), settings.max_wait_ms,
-                           on_batch=metrics.batch_size.observe, enabled=settings.batching)
-    batcher.start()
-    decoder = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="unprompt-decode")
-    return Service(interrogator, batcher, decoder, settings.image_limits())
+    service.batcher = MicroBatcher(run, settings.max_batch_size or default_batch_size(), settings.max_wait_ms,
+                                   on_batch=metrics.batch_size.observe, enabled=settings.batching)
+    service.batcher.start()
+    return service
 
 
 def create_app(settings: Settings | None = None, interrogator: Interrogator | None = None) -> FastAPI:
@@ -57,15 +63,23 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaded = interrogator
+        nonlocal interrogator
+        # the service holds the interrogator from here on: a hot swap must be able to free the old one
+        loaded, interrogator = interrogator, None
         if loaded is None:
             from retriever.profile import load_profile
 
             loaded = await run_in_threadpool(
                 Interrogator.from_profile, load_profile(settings.profile), settings.verify_checksums)
         service = app.state.service = _start(settings, metrics, loaded)
-        log.info("ready", extra={"fields": {"profile": loaded.profile.name, "batching": settings.batching}})
+        app.state.reloader = Reloader(service, metrics, log)
+        watcher = asyncio.create_task(app.state.reloader.watch(settings.watch_interval_s)) \
+            if settings.watch_indexes else None
+        log.info("ready", extra={"fields": {"profile": loaded.profile.name, "batching": settings.batching,
+                                            "watch_indexes": settings.watch_indexes}})
         yield
+        if watcher:
+            watcher.cancel()
         app.state.service = None
         await service.batcher.stop()
         service.decoder.shutdown(wait=False, cancel_futures=True)
@@ -74,6 +88,7 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
                   description="Recover the prompt behind an image. POST an image to /v1/interrogate.")
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, None
+    app.state.feedback = FeedbackStore(keep_images=settings.feedback_keep_images)
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

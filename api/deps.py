@@ -82,3 +82,28 @@ async def read_recorded(data: bytes) -> GenerationMetadata | None:
     """The prompt an upload's file records (bounded by ``MetadataLimits``: milliseconds, off the event loop);
     nothing usable is None (the image is interrogated), never an error."""
     return await asyncio.to_thread(read_metadata, data)
+
+
+async def read_feedback(request: Request, settings: Settings) -> tuple[dict, bytes | None, str]:
+    """A feedback request's fields, and its image when one was sent as the multipart part ``file``."""
+    import json
+    from pathlib import PurePath
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        body = await request.body()
+        try:
+            fields = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Refused("bad_feedback", "the body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise Refused("bad_feedback", "the body must be a JSON object")
+        return fields, None, ""
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=2, max_fields=10, max_part_size=settings.max_upload_bytes)
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        if not files:
+            return fields, None, ""
+        return fields, await files[0].read(), PurePath(files[0].filename or "").suffix.lower()
+    raise Refused("content_type", "send feedback as application/json, or multipart/form-data with the image")

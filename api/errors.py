@@ -15,7 +15,8 @@ from api.schemas import ErrorOut
 # refusal reason -> HTTP status
 STATUS = {"empty": 400, "corrupt": 400, "bad_shape": 400, "not_image": 415, "too_many_pixels": 413,
           "too_large": 413, "content_type": 415, "missing_file": 422, "too_many_files": 413, "unauthorized": 401,
-          "not_ready": 503}
+          "not_ready": 503, "reload_refused": 409, "bad_feedback": 422,
+          "feedback_unavailable": 503}
 # what Starlette's own HTTP errors (routing, multipart parsing) are called in the error body
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
               415: "content_type", 422: "invalid_request"}

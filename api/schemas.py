@@ -31,6 +31,12 @@ class InterrogateOut(BaseModel):
     settings: dict | None = None  # with source=metadata: the recorded settings
     recorded_in: str | None = None  # with source=metadata: png:parameters, exif:UserComment ...
     interrogated_prompt: str | None = None  # with source=metadata: what interrogation answered
+    image_sha256: str | None = None  # of the uploaded bytes: what POST /v1/feedback names the image by
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    image_kept: bool
 
 
 class BatchItemOut(BaseModel):

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     verify_checksums: bool = Field(default=False, description="SHA-256 every index file at start-up (sizes are always "
                                                               "checked; `unprompt verify INDEX` checks checksums)")
     log_json: bool = True
+    feedback_keep_images: bool = Field(default=False, description="keep the images sent with POST /v1/feedback "
+                                                                  "(under $UNPROMPT_HOME/feedback/images)")
+    watch_indexes: bool = Field(default=False, description="take up a committed rebuild of an index without a restart "
+                                                            "(polls each index's build.json)")
+    watch_interval_s: float = Field(default=2.0, gt=0, description="how often the index watcher looks")
 
     @field_validator("api_key")
     @classmethod

@@ -14,7 +14,6 @@ the GPU; checkpoint files are fp32 as the hub serves them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 

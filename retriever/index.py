@@ -3,6 +3,7 @@ and rerank caches. The directory format (schema, file names, writer, checks) is 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,8 @@ class TextIndex:
         self.vectors = vectors
         self._caches: dict[str, np.ndarray] = {}
         self.placed, self.exact_gpu, self.where = index, None, "faiss-cpu"
+        self.loaded_at = time.time()  # when this build was loaded (wall clock), and how long it took
+        self.load_s = 0.0
 
     def place(self, prefer: Preference = "auto") -> "TextIndex":
         """Search on the GPU(s) when this machine has them (``retriever.search_device`` decides); else the CPU."""
@@ -46,6 +49,7 @@ class TextIndex:
         import faiss
         import polars as pl
 
+        t0 = time.perf_counter()
         directory = Path(directory)
         record = read_record(directory)
         verify_files(directory, record, checksums=checksums)
@@ -77,7 +81,14 @@ class TextIndex:
                 f"index {directory} does not match its build record ({record.count} x {record.dim}): "
                 + "; ".join(problems)
             )
-        return cls(directory, record, index, meta, vectors)
+        loaded = cls(directory, record, index, meta, vectors)
+        loaded.load_s = time.perf_counter() - t0
+        return loaded
+
+    @property
+    def texts(self):
+        """Every row's text, as a polars Series (Arrow memory, in row order)."""
+        return self._texts
 
     def __len__(self) -> int:
         return self.record.count

@@ -5,6 +5,7 @@ stages files and commits them, and the checks a reader makes. ``retriever.index`
 Layout of an index directory::
 
     build.json                  the record; written last, by one rename, so it is the commit point
+    build-<build_id>.json       an append's previous generation, kept whole (its files too) for a rollback
     index-<build_id>.faiss      FAISS index, inner product over unit vectors
     meta-<build_id>.arrow       one row per vector: text, kind, source (Arrow IPC; format 1 wrote parquet)
     vectors-<build_id>.npy      optional float16 copy of the vectors (exact rescoring, rerank cache)
@@ -68,6 +69,8 @@ class BuildRecord(BaseModel):
     versions: dict[str, str] = {}  # faiss (the library's own version) and each installed faiss wheel, torch, ...
     gpus: int = 0  # GPUs faiss saw when it built the index (0: a CPU build: fast-scan codes, CPU k-means)
     created: str = ""
+    parent: str = ""  # an append: the build id of the generation it extends (kept for `build-index --rollback`)
+    appended: list[str] = []  # an append: the sources it added (names)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -132,13 +135,22 @@ class IndexWriter:
         self.files[role] = FileEntry(path=name, bytes=(self.out / name).stat().st_size,
                                      sha256=sha256_file(self.out / name))
 
-    def commit(self, record: BuildRecord, keep_dirs: dict[str, set[str]]) -> BuildRecord:
+    def commit(self, record: BuildRecord, keep_dirs: dict[str, set[str]], keep_parent: BuildRecord | None = None
+               ) -> BuildRecord:
         """Write build.json (the commit point), then drop other builds' files, leftovers of killed builds, and
-        work folders (``keep_dirs``: work folder -> the entries still in use) that no longer serve."""
+        work folders (``keep_dirs``: work folder -> the entries still in use) that no longer serve.
+        ``keep_parent``: an append's previous generation, whose record is saved as ``build-<id>.json`` before
+        the commit and whose files are kept, so ``rollback`` can return to it (one generation back)."""
         record = record.model_copy(update={"files": self.files, "build_id": self.build_id})
+        keep = {self.build_id}
+        if keep_parent is not None:
+            keep.add(keep_parent.build_id)
+            write_bytes_atomic(self.out / generation_name(keep_parent.build_id),
+                               keep_parent.model_dump_json(indent=2).encode())
         write_bytes_atomic(self.out / RECORD_NAME, record.model_dump_json(indent=2).encode())
         for path in self.out.iterdir():
-            stale = path.name.split("-", 1)[0] in FILE_ROLES and self.build_id not in path.name
+            stale = (path.name.split("-", 1)[0] in FILE_ROLES + ("build",) and path.name != RECORD_NAME
+                     and not any(b in path.name for b in keep))
             leftover = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
             if path.is_file() and (stale or leftover):
                 path.unlink(missing_ok=True)
@@ -152,3 +164,27 @@ class IndexWriter:
                     else:
                         entry.unlink(missing_ok=True)
         return record
+
+
+def generation_name(build_id: str) -> str:
+    return f"build-{build_id}.json"
+
+
+def rollback(directory: Path) -> tuple[BuildRecord, BuildRecord]:
+    """Return an appended index to the generation it extended: (the record left, the record restored). The
+    previous record is checked (its files present at their recorded sizes) and made build.json by one rename."""
+    current = read_record(directory)
+    if not current.parent:
+        raise IndexIntegrityError(f"index {directory}: build {current.build_id} is not an append; there is no "
+                                  "previous generation to return to")
+    saved = directory / generation_name(current.parent)
+    if not saved.is_file():
+        raise IndexIntegrityError(f"index {directory}: the previous generation {current.parent} is gone "
+                                  f"({saved.name} missing); rebuild instead")
+    try:
+        previous = BuildRecord.model_validate_json(saved.read_text(encoding="utf-8"))
+    except (ValidationError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexIntegrityError(f"index record {saved} is corrupt: {str(exc).splitlines()[0]}") from None
+    verify_files(directory, previous, checksums=False)
+    write_bytes_atomic(directory / RECORD_NAME, saved.read_bytes())
+    return current, previous

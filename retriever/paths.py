@@ -25,6 +25,10 @@ def index_dir(name: str) -> Path:
     return resolve_home_path(name, "indexes")
 
 
+# import name -> the distribution pip installs it from, where they differ (the dev set's image packages)
+DISTRIBUTIONS = {"skimage": "scikit-image", "sklearn": "scikit-learn"}
+
+
 def local_file(value: str, base: Path | None = None) -> Path:
     """``pkg:<package>/<file>`` inside an installed package, or a path (relative ones under ``base`` when given).
     ValueError when the package is not installed, its name is not one, or the path leaves the package."""
@@ -34,7 +38,9 @@ def local_file(value: str, base: Path | None = None) -> Path:
     found = package_file(value[4:])
     if found is None:
         package = value[4:].partition("/")[0]
-        raise ValueError(f"{value} needs the package {package!r}, which is not installed (`pip install` it)")
+        dist = DISTRIBUTIONS.get(package, package)
+        raise ValueError(f"{value} needs the package {package!r}, which is not installed: `pip install {dist}` "
+                         "(the dev set's image packages all come with `pip install -e '.[test]'`)")
     return found
 
 

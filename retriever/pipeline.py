@@ -45,6 +45,7 @@ class Interrogation:
     negative_prompt: str = ""
     mode: str = "best"
     template_candidates: int = 0  # filled templates scored before the chain
+    index_ids: dict[str, str] = field(default_factory=dict)  # index -> build id that answered
     timings_ms: dict[str, float] = field(default_factory=dict)
     source: str = "interrogation"  # or "metadata": the prompt the file records (retriever.stages.recorded)
     generator: str | None = None  # the tool that recorded it
@@ -54,8 +55,19 @@ class Interrogation:
 
     @property
     def alternatives(self) -> list[str]:
-        """The next best assembled prompts (up to 5), best first."""
-        return [p.text for p in self.prompts if p.text != self.prompt][:ALTERNATIVES]
+        """The next best assembled prompts (up to 5), best first, each a distinct prompt: one whose components
+        are those of the answer or of a better alternative, or a subset or superset of them (the same prompt
+        with a flavour more or less), is left out."""
+        kept = [_components(self.prompt)]
+        out: list[str] = []
+        for p in self.prompts:
+            parts = _components(p.text)
+            if parts and not any(parts <= k or k <= parts for k in kept):
+                kept.append(parts)
+                out.append(p.text)
+                if len(out) == ALTERNATIVES:
+                    break
+        return out
 
     def as_dict(self, embeddings: bool = True, top: int = 20) -> dict:
         out = {
@@ -102,16 +114,18 @@ def require_indexes(profile: Profile) -> None:
 
 def load_indexes(profile: Profile, space: Space, checksums: bool = False) -> dict[str, TextIndex]:
     require_indexes(profile)
-    indexes = {}
-    for ref in profile.retrieve.indexes:
-        index = TextIndex.load(index_dir(ref.name), checksums=checksums).place(profile.retrieve.search)
-        if index.record.model_id != space.text_model_id:
-            raise IndexIntegrityError(
-                f"index {ref.name} was built with {index.record.model_id}, but profile {profile.name} retrieves "
-                f"with {space.text_model_id}; rebuild it with `unprompt build-index --profile {profile.name}`"
-            )
-        indexes[ref.name] = index
-    return indexes
+    return {ref.name: load_index(profile, ref.name, space, checksums) for ref in profile.retrieve.indexes}
+
+
+def load_index(profile: Profile, name: str, space: Space, checksums: bool = False) -> TextIndex:
+    """One of the profile's indexes, placed for search, refused unless built by the profile's text tower."""
+    index = TextIndex.load(index_dir(name), checksums=checksums).place(profile.retrieve.search)
+    if index.record.model_id != space.text_model_id:
+        raise IndexIntegrityError(
+            f"index {name} was built with {index.record.model_id}, but profile {profile.name} retrieves "
+            f"with {space.text_model_id}; rebuild it with `unprompt build-index --profile {profile.name}`"
+        )
+    return index
 
 
 class Interrogator:
@@ -157,6 +171,10 @@ class Interrogator:
             regressor = load_regressor(profile.regress, retrieval, metric.model_id, metric.dim, create_space,
                                        profile.name)
         return cls(profile, retrieval, rerank, indexes, regressor)
+
+    def with_indexes(self, indexes: dict[str, TextIndex]) -> "Interrogator":
+        """Another interrogator over other builds of the indexes, sharing this one's loaded models (hot swap)."""
+        return Interrogator(self.profile, self.retrieval_space, self.rerank_space, indexes, self.regressor)
 
     def _metric_embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.metric.encode_text(texts)
@@ -220,8 +238,9 @@ class Interrogator:
         with timer.stage("metadata"):
             self.recorded.apply(results, [i.recorded for i in inputs], mode)
         per_image = {k: v / len(images) for k, v in timer.ms.items()}
+        index_ids = {name: ix.record.build_id for name, ix in self.indexes.items()}
         for r in results:
-            r.timings_ms = dict(per_image)
+            r.timings_ms, r.index_ids = dict(per_image), index_ids
         return results
 
     def _prior_weights(self, confidence: list[float] | None, n: int) -> list[float]:
@@ -257,6 +276,11 @@ class Interrogator:
             results.append(Interrogation(a.text, tops[i].text, final, named, cands, a.tried,
                                          template_candidates=a.template_count))
         return results
+
+
+def _components(prompt: str) -> frozenset[str]:
+    """A prompt's comma-separated components, case and spacing aside."""
+    return frozenset(" ".join(part.lower().split()) for part in prompt.split(",") if part.strip())
 
 
 def _only_best(candidates: Candidates) -> Candidates:

@@ -98,6 +98,8 @@ class AssembleConfig(_Strict):
     chain_candidates: int = Field(default=16, ge=0)
     max_chain: int = Field(default=6, ge=0, description="most components the greedy chain adds")
     min_gain: float = Field(default=0.0, ge=0, description="a component must raise the score by more than this")
+    stop_without_gain: bool = Field(default=True, description="stop the chain when no component raises the score "
+                                                              "(false: add the best one each step, up to max_chain)")
     max_tokens: int = Field(default=77, ge=3, le=77, description="CLIP context length, start/end tokens included")
 
 
@@ -111,12 +113,14 @@ class ModeConfig(_Strict):
     templates: list[str] | None = Field(default=None, min_length=1)
     top_n: int | None = Field(default=None, ge=1, le=64)
     max_chain: int | None = Field(default=None, ge=0)
+    stop_without_gain: bool | None = None
 
 
 DEFAULT_MODES: dict[str, ModeConfig] = {
     "fast": ModeConfig(templates=["{subject}"], max_chain=0),  # retrieval only
     "classic": ModeConfig(templates=["{subject}, {medium} {artist}, {movement}", "{subject}, {medium}", "{subject}"],
-                          max_chain=3),  # CLIP Interrogator's shape: subject, medium, artist, movement, 3 flavours
+                          max_chain=3, stop_without_gain=False),
+    # CLIP Interrogator's shape: subject, medium, artist, movement, then the N best flavours (N = --flavours, 3)
     "best": ModeConfig(),  # the profile's full assembly
     "negative": ModeConfig(templates=["{subject}"], max_chain=0),  # the answer is the negative prompt
 }
@@ -174,9 +178,13 @@ class Profile(_Strict):
 
     def assemble_for(self, mode: str | None = None, flavours: int | None = None) -> AssembleConfig:
         """The assembly a mode asks for; ``flavours`` sets how many components the chain may add."""
-        override = self.modes[mode or self.default_mode]
+        override = self.modes.get(mode or self.default_mode)  # type: ignore[arg-type]
+        if override is None:
+            raise ProfileError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         update = {k: v for k, v in override.model_dump().items() if v is not None}
         if flavours is not None:
+            if isinstance(flavours, bool) or not isinstance(flavours, int) or flavours < 0:
+                raise ProfileError(f"flavours must be a whole number, 0 or more, not {flavours!r}")
             update["max_chain"] = flavours
         return self.assemble.model_copy(update=update) if update else self.assemble
 

@@ -222,4 +222,4 @@ def test_shipped_example_manifests_parse():
     for path in sorted((REPO / "data_manifests" / "examples").glob("*.*")):
         if path.suffix in (".toml", ".yaml", ".yml"):
             manifest = load_manifest(path)
-            assert manifest.sources and all(s.kind == "caption" for s in manifest.sources)
+            assert manifest.sources and all(s.kind in ("caption", "medium") for s in manifest.sources)  # coco, mediums

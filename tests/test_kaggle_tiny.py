@@ -240,3 +240,20 @@ def test_text_init_then_pairs_fine_tune_beats_text_only_on_held_out_pairs(kaggle
     assert set(meta["sources"]) == {"prompts", "pairs"} and len(meta["sources"]["pairs"]["sha256"]) == 20
     print(f"held-out cosine: text-only {text_cos:.3f}, text init + pairs fine-tune {both_cos:.3f}")
     assert both_cos > text_cos + 0.05, (both_cos, text_cos)
+
+
+def test_doctor_says_the_head_is_missing_and_how_to_train_it(kaggle_tiny, tmp_path, home):
+    (home / "heads" / "kaggle-bigG.pt").unlink(missing_ok=True)
+    res = run_cli("doctor", "--profile", str(kaggle_tiny))
+    assert res.returncode == 0, res.stdout + res.stderr  # require_head = false: it can serve, with a warning
+    lines = res.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("warn  head heads/kaggle-bigG.pt: missing"))
+    assert lines[head + 1].strip().startswith(f"fix: unprompt train-regressor --profile {kaggle_tiny}")
+    assert any(line.startswith("ok    index captions-bigG: build ") for line in lines)
+    assert any(line.startswith("ok    weights retrieval: open_clip:unprompt-tiny-a:sha256-") for line in lines)
+    assert any(line.startswith(("ok    gpu:", "warn  gpu:")) for line in lines)
+    strict = tmp_path / "kaggle-tiny-strict.toml"
+    strict.write_text(kaggle_tiny.read_text().replace("require_head = false", "require_head = true"))
+    res = run_cli("doctor", "--profile", str(strict))
+    assert res.returncode == 1 and "fail  head heads/kaggle-bigG.pt: missing" in res.stdout
+    assert "cannot serve: 1 failed" in res.stderr

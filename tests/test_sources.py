@@ -101,7 +101,7 @@ def test_check_sources_lists_files_columns_rows_and_names_a_wrong_column(endpoin
     res = run_cli("check-sources", str(tmp_path / "bad.toml"))
     errors = [line for line in res.stderr.splitlines() if line.startswith("unprompt: error:")]
     assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr
-    assert f"source 'coco': no column 'caption' in http" in errors[0] and "(columns: license, file_name" in errors[0]
+    assert "source 'coco': no column 'caption' in http" in errors[0] and "(columns: license, file_name" in errors[0]
     gone = bad.replace(COCO_REV, "0" * 40).replace('column = "caption"', 'column = "captions"')
     (tmp_path / "gone.toml").write_text(gone)
     res = run_cli("check-sources", str(tmp_path / "gone.toml"))

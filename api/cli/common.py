@@ -28,14 +28,22 @@ def err(msg: str) -> None:
     print(f"unprompt: error: {msg}", file=sys.stderr)
 
 
-def positive_int(value: str) -> int:
+def _whole(value: str, least: int) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {n}")
     return n
+
+
+def positive_int(value: str) -> int:
+    return _whole(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    return _whole(value, 0)
 
 
 def positive_float(value: str) -> float:

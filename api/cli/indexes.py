@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from api.cli.common import command, positive_float, positive_int
+from retriever.errors import UnpromptError
 from index_build.options import GiB, BuildOptions
 
 DEFAULTS = BuildOptions()
@@ -37,11 +38,19 @@ def run_build_index(args: argparse.Namespace) -> int:
     from index_build.manifest import load_manifest
     from index_build.setup import rerank_towers
     from retriever.encoders import create_space, text_tower
-    from retriever.errors import UnpromptError
     from retriever.files import check_output_dir
     from retriever.profile import load_profile
 
     out = check_output_dir(args.out, "--out")
+    if args.rollback:
+        from retriever.index_files import rollback
+
+        left, restored = rollback(Path(out))
+        print(f"index {out}: back to build {restored.build_id} ({restored.count} texts); build {left.build_id} "
+              "is no longer served")
+        return 0
+    if args.manifest is None:
+        raise UnpromptError("build-index needs a MANIFEST (or --rollback)")
     profile = load_profile(args.profile)
     manifest = load_manifest(args.manifest)
     from retriever.search_device import machine_gpus
@@ -70,8 +79,17 @@ def run_build_index(args: argparse.Namespace) -> int:
         specs = [profile.retrieve.space] + ([profile.rerank.space] if extras else [])
         towers = {tower.model_id: partial(text_tower_for, spec) for tower, spec in zip([encoder, *extras], specs)}
         options.runner = RayRunner(towers, actors=args.ray_actors, num_gpus_per_actor=per_actor_gpus)
-    report = build_index(manifest, encoder, Path(out), options, rerank_encoders=extras)
+    if args.append:
+        from index_build.append import append_index
+
+        report = append_index(manifest, encoder, Path(out), options, rerank_encoders=extras)
+    else:
+        report = build_index(manifest, encoder, Path(out), options, rerank_encoders=extras)
     rec = report.record
+    if args.append:
+        added = sum(s.count for s in rec.sources[len(rec.sources) - len(rec.appended):])
+        print(f"appended {added} new texts (those the build held were dropped) to build {rec.parent}: new generation "
+              f"{rec.build_id}; `unprompt build-index --rollback --out {out}` returns to the previous one")
     print(f"index {rec.name}: {rec.count} texts x {rec.dim}-d, {rec.factory} ({report.choice.reason})")
     print("embedded: " + ", ".join(f"{k}={v}" for k, v in report.embedded.items()))
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in report.timings_s.items()))
@@ -101,7 +119,13 @@ def register(sub) -> None:
                         "RAM and VRAM estimates and modelled GPU-minutes; build nothing")
 
     p = command(sub, "build-index", run_build_index)
-    p.add_argument("manifest", help="manifest file (TOML or YAML), or the name of one in data_manifests/")
+    p.add_argument("manifest", nargs="?", default=None,
+                   help="manifest file (TOML or YAML), or the name of one in data_manifests/")
+    p.add_argument("--append", action="store_true",
+                   help="add the manifest's texts to the build in --out without retraining (same model and index "
+                        "type; texts the build holds are dropped), as a new generation that --rollback can undo")
+    p.add_argument("--rollback", action="store_true",
+                   help="return the index in --out to the generation its last --append extended")
     p.add_argument("--out", required=True, help="index directory to write (shards are kept inside for resume)")
     p.add_argument("--shard-size", type=positive_int, default=DEFAULTS.shard_size, help="texts per embedding shard")
     p.add_argument("--memory-budget", type=positive_float, default=DEFAULTS.memory_budget / GiB,

@@ -10,19 +10,75 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from api.cli.common import command, err, positive_int
+from api.cli.common import command, err, non_negative_int, positive_int
 from retriever.errors import UnpromptError
 from retriever.feed import DEFAULT_BATCH_SIZE
-from retriever.images import ImageLimits, list_images
+from retriever.images import IMAGE_SUFFIXES, ImageLimits, list_images
 from retriever.profile import MODES
 
 LIMITS = ImageLimits()
 FORMATS = ("text", "tsv", "csv", "jsonl")
+SIDECARS = ("txt", "json")
 
 
-def expand(inputs: list[str]) -> list[str]:
-    """Files as given; a folder stands for its image files, sorted by name."""
-    return [str(f) for item in inputs for f in (list_images(item) if Path(item).is_dir() else [item])]
+def expand(inputs: list[str], recursive: bool = False) -> list[str]:
+    """Files as given; a folder stands for its image files, sorted by name (with ``recursive``, those of
+    every folder below it too, each folder's files sorted by path). Subfolders left out are named on stderr."""
+    out: list[str] = []
+    for item in inputs:
+        if not Path(item).is_dir():
+            out.append(item)
+            continue
+        files, skipped = walk_images(Path(item), recursive)
+        if skipped:
+            print(f"unprompt: note: {item}: {skipped} subfolder(s) not read; add --recursive to caption them too",
+                  file=sys.stderr)
+        out.extend(str(f) for f in files)
+    return out
+
+
+def walk_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
+    """The image files under ``folder`` (sorted by path; only its own files unless ``recursive``) and how
+    many subfolders were left out. A folder with no image anywhere is the usual clear error."""
+    if not recursive:
+        return list_images(folder), sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return (files, 0) if files else (list_images(folder), 0)
+
+
+def sidecar_path(image: str, kind: str) -> Path:
+    """The caption file beside an image, kohya-style: ``dir/name.png`` -> ``dir/name.txt`` (or ``.json``)."""
+    return Path(image).with_suffix("." + kind)
+
+
+def plan_sidecars(paths: list[str], kind: str, overwrite: bool) -> tuple[list[str], int]:
+    """The images still to caption (those without a sidecar, or all with ``overwrite``) and how many were
+    skipped. Two images that would share one sidecar (``a.png`` and ``a.jpg``) are refused before any work."""
+    owners: dict[Path, list[str]] = {}
+    for p in paths:
+        owners.setdefault(sidecar_path(p, kind).resolve(), []).append(p)
+    clashes = [names for names in owners.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(names) for names in clashes[:3])
+        raise UnpromptError(f"--sidecar {kind}: these images would share one caption file: {shown}"
+                            + (f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else "")
+                            + "; rename one of each pair")
+    todo = paths if overwrite else [p for p in paths if not sidecar_path(p, kind).exists()]
+    return todo, len(paths) - len(todo)
+
+
+def write_sidecar(image: str, kind: str, result, profile: str, top: int) -> None:
+    """The caption file, written atomically: a killed run leaves it whole or absent, never half written."""
+    from retriever.files import atomic_write
+
+    if kind == "txt":
+        text = result.prompt + "\n"
+    else:
+        text = json.dumps({"image": Path(image).name, "profile": profile, **result.as_dict(False, top)},
+                          ensure_ascii=False, indent=1) + "\n"
+    with atomic_write(sidecar_path(image, kind)) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 class Writer:
@@ -61,15 +117,21 @@ def _one_line(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from retriever.feed import interrogate_files
     from retriever.files import atomic_write, check_output_file
     from retriever.pipeline import Interrogator
+    from retriever.progress import progress
 
     fmt = "jsonl" if args.json else args.format
     out = check_output_file(args.out, "--out") if args.out else None
-    paths = expand(args.images)
+    paths = expand(args.images, args.recursive)
+    if args.sidecar:
+        paths, skipped = plan_sidecars(paths, args.sidecar, args.overwrite)
+        if skipped:
+            print(f"unprompt: note: {skipped} image(s) already have a .{args.sidecar} caption, skipped "
+                  "(--overwrite to caption them again)", file=sys.stderr)
+        if not paths:
+            return 0
     if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
         raise UnpromptError("no image to read: " + ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
     interrogator = Interrogator.load(args.profile)
@@ -83,13 +145,14 @@ def run(args: argparse.Namespace) -> int:
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
         answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
                                     stages=fmt == "jsonl" and not args.no_embedding, metadata=not args.no_metadata)
-        for answer in tqdm(answers, total=len(paths), desc="predict", unit="img",
-                           disable=None if len(paths) > 1 else True, file=sys.stderr):
+        for answer in progress(answers, len(paths), "predict"):
             if answer.result is None:
                 failures += 1
                 err(answer.error or "")
                 writer.failure(answer.path, answer.error or "")
                 continue
+            if args.sidecar:
+                write_sidecar(answer.path, args.sidecar, answer.result, interrogator.profile.name, args.top)
             writer.result(answer.path, answer.result,
                           {"timings_ms": answer.timings_ms, "profile": interrogator.profile.name})
     return 1 if failures else 0
@@ -109,8 +172,14 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=MODES, default=None,
                    help="fast: retrieval only; classic: subject, medium, artist, movement and a few flavours; "
                         "best: the full assembly (default); negative: print the negative prompt")
-    p.add_argument("--flavours", type=int, default=None, metavar="N",
-                   help="most components the assembly may chain (default: the profile's)")
+    p.add_argument("--flavours", type=non_negative_int, default=None, metavar="N",
+                   help="most components the assembly may chain, 0 or more (default: the mode's)")
+    p.add_argument("--recursive", "-r", action="store_true", help="caption the images of every subfolder too")
+    p.add_argument("--sidecar", choices=SIDECARS, default=None,
+                   help="also write each caption next to its image (name.txt: the prompt, kohya-style; name.json: "
+                        "prompt, alternatives, negative prompt, candidates); images that already have one are "
+                        "skipped, so an interrupted run resumes where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="with --sidecar: caption images that already have one")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call (decoding runs ahead in threads); results do not depend on it")
     p.add_argument("--top", type=positive_int, default=20, help="candidates to include with jsonl")

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     # load before the server starts, so a missing index or weights is a clear error, not a failed start-up
     interrogator = Interrogator.from_profile(load_profile(settings.profile), checksums=settings.verify_checksums)
+    shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    shown = f"[{shown}]" if ":" in shown else shown
+    print(f"unprompt: serving profile {interrogator.profile.name} at http://{shown}:{settings.port}/ "
+          f"(API docs at /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(create_app(settings, interrogator), host=settings.host, port=settings.port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=int(max(1, round(settings.shutdown_timeout_s))))
     return 0

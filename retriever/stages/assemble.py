@@ -167,7 +167,7 @@ class Assembler:
             scores = v @ chain.target
             chain.tried.extend(ScoredPrompt(t, float(s)) for (t, _), s in zip(ext, scores))
             j = int(np.argmax(scores))
-            if scores[j] <= chain.score + self.config.min_gain:
+            if self.config.stop_without_gain and scores[j] <= chain.score + self.config.min_gain:
                 chain.active = False
                 continue
             chain.text, chain.score, chain.embedding = ext[j][0], float(scores[j]), v[j]
