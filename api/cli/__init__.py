@@ -11,7 +11,7 @@ from typing import Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from api.cli import indexes, predict, scoring, serve, train  # noqa: E402
+from api.cli import generate, indexes, predict, scoring, serve, train  # noqa: E402
 from api.cli.common import Formatter, err  # noqa: E402
 from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
@@ -30,7 +30,7 @@ examples:
 Profiles: {profiles} (default {default}; set --profile or ${env}).
 Indexes and caches live in $UNPROMPT_HOME (default ~/.cache/unprompt).
 """
-GROUPS = (predict, indexes, train, scoring, serve)
+GROUPS = (predict, indexes, train, generate, scoring, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

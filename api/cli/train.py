@@ -110,3 +110,43 @@ def register(sub) -> None:
     ft.add_argument("--run-dir", default=None, help="resumable checkpoints (default: beside the head, <head>.run)")
     ft.add_argument("--checkpoint-every", type=positive_int, default=FT.checkpoint_every,
                     help="steps between checkpoints (also at every epoch's end)")
+    register_fit_ensemble(sub)
+
+
+def run_fit_ensemble(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from retriever.files import check_output_file
+    from retriever.heads.ensemble import choose_weights, head_predictions, regress_section, with_regress
+    from retriever.profile import load_profile
+
+    if len(args.heads) < 2:
+        raise UnpromptError("give at least two head files to weigh")
+    profile = load_profile(args.profile)
+    if args.write_profile:
+        check_output_file(Path(args.write_profile), "--write-profile")
+    predictions, targets = head_predictions(profile, args.heads, args.table, args.image_column, args.prompt_column)
+    choice = choose_weights(predictions, targets)
+    for head, cosine in zip(args.heads, choice.single):
+        print(f"{head}: validation cosine {cosine:.4f}")
+    print(f"plain average: {choice.uniform:.4f}; chosen weights {choice.weights}: {choice.cosine:.4f} "
+          f"({len(targets)} images)")
+    section = regress_section(args.heads, choice.weights, profile.regress.require_head)
+    print(section, end="")
+    if args.write_profile:
+        from retriever.files import write_bytes_atomic
+
+        text = with_regress(Path(profile.source).read_text(), section)
+        write_bytes_atomic(Path(args.write_profile), text.encode())
+        load_profile(args.write_profile)  # the written profile must load
+        print(f"profile written to {args.write_profile}")
+    return 0
+
+
+def register_fit_ensemble(sub) -> None:
+    p = command(sub, "fit-ensemble", run_fit_ensemble)
+    p.add_argument("heads", nargs="+", help="head files (fine-tuned heads bring their tower)")
+    p.add_argument("--table", required=True, help="held-out (image, prompt) pairs: CSV/parquet/JSONL")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--write-profile", default=None, help="write a copy of the profile with these heads and weights")
