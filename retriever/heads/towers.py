@@ -73,6 +73,19 @@ def _register_clip_config(name: str, config: dict) -> None:
     open_clip.add_model_config(folder / f"{name}.json")
 
 
+@contextlib.contextmanager
+def _quiet_if(quiet: bool):
+    import logging
+
+    if quiet:
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        if quiet:
+            logging.disable(logging.NOTSET)
+
+
 class ClipTower(Tower):
     def __init__(self, spec: TowerSpec, checkpoint: str | None) -> None:
         super().__init__()
@@ -83,7 +96,8 @@ class ClipTower(Tower):
         if spec.model not in open_clip.list_models():
             raise ProfileError(f"open_clip knows no model named {spec.model!r}")
         try:
-            model = open_clip.create_model(spec.model, pretrained=checkpoint, force_image_size=spec.resolution)
+            with _quiet_if(checkpoint is None):  # bare: a state dict fills it; open_clip would warn "randomly"
+                model = open_clip.create_model(spec.model, pretrained=checkpoint, force_image_size=spec.resolution)
         except (RuntimeError, OSError, KeyError, ValueError) as exc:
             raise MissingWeightsError(f"could not load {checkpoint} into {spec.model}: "
                                       f"{str(exc).splitlines()[0][:300]}") from None
