@@ -311,9 +311,18 @@ def finetune(pairs: Pairs, spec: TowerSpec, cfg: FinetuneConfig, out: str | Path
                             "lower --batch-size or add pairs")
     if not len(val_rows):
         raise UnpromptError("no validation prompts: raise --val-fraction or add prompts")
+    missing = sum(not Path(p).is_file() for p in pairs.paths)
+    if missing == len(pairs.paths):
+        raise UnpromptError(f"none of the {missing} images of the pairs exist (image paths are relative to the table)")
+    if missing and rank == 0:
+        print(f"unprompt: warning: {missing} of {len(pairs.paths)} images are missing; they count as unreadable and "
+              "are left out of the loss", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     tower = build_tower(spec)
     head = init_head if init_head is not None else make_head(tower.dim, pairs.targets.shape[1], cfg.hidden)
+    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    if first.in_features != tower.dim:
+        raise UnpromptError(f"the initial head reads {first.in_features}-d features; the tower gives {tower.dim}-d")
     model = TowerHead(tower, head).to(device)
     if device.type == "cuda" and cfg.grad_checkpointing:
         tower.set_grad_checkpointing(True)
