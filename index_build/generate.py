@@ -177,6 +177,10 @@ def generate_pairs(prompts: Sequence[str], out: str | Path, opts: GenerateOption
 
     if not 0 <= shard_index < num_shards:
         raise UnpromptError(f"--shard-index must be in [0, {num_shards})")
+    if opts.size < 0 or opts.size % 8:
+        raise UnpromptError(f"--size {opts.size}: give 0 (the model's own) or a multiple of 8 (the VAE's stride)")
+    if not 0 < opts.quality <= 100:
+        raise UnpromptError("JPEG quality must be in (0, 100]")
     out = Path(out)
     work = out / "work"
     (work / "parts").mkdir(parents=True, exist_ok=True)

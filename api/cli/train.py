@@ -47,6 +47,15 @@ def _run_finetune(args: argparse.Namespace, profile) -> int:
         raise UnpromptError("--finetune trains on (image, prompt) pairs: give --pairs (e.g. from generate-pairs)")
     if not 0 < args.val_fraction < 1:
         raise UnpromptError("--val-fraction must be between 0 and 1 with --finetune (validation is by prompt)")
+    checks = [(args.resolution == 0 or args.resolution >= 16, "--resolution must be 0 (the tower's) or at least 16"),
+              (args.lp_epochs >= 0, "--lp-epochs must be 0 or more"),
+              (0 < args.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
+              (0 <= args.ema_decay < 1, "--ema-decay must be in [0, 1)"),
+              (args.head_lr > 0 and (args.lr is None or args.lr > 0), "learning rates must be positive"),
+              (args.warmup_steps >= 0 and args.weight_decay >= 0, "--warmup-steps and --weight-decay must be >= 0")]
+    for ok, message in checks:
+        if not ok:
+            raise UnpromptError(message)
     cfg = FinetuneConfig(
         tower=args.tower, resolution=args.resolution, hidden=args.hidden, lp_epochs=args.lp_epochs,
         epochs=_pick(args.epochs, 0, FT.epochs, True), batch_size=_pick(args.batch_size, 0, FT.batch_size, True),

@@ -226,14 +226,19 @@ def tower_file(head_path: str | Path) -> Path:
 
 def save_tower(path: str | Path, tower: Tower) -> str:
     """Write the tower (spec + weights) atomically; return its model id (the weights' digest)."""
-    from retriever.index_files import sha256_file
-
     path = Path(path)
     spec = asdict(tower.spec)
     spec["pretrained"] = None  # the state dict carries the weights
     with atomic_write(path) as tmp:
         torch.save({"format": TOWER_FORMAT, "spec": spec, "state_dict": tower.state_dict()}, tmp)
-    return f"finetuned:{tower.spec.kind}:{tower.spec.model}:sha256-{sha256_file(path)[:16]}"
+    return tower_model_id(tower.spec, path)
+
+
+def tower_model_id(spec: TowerSpec, path: Path) -> str:
+    """finetuned:<kind>:<model>:sha256-<the file's digest> (remembered by path, size and mtime)."""
+    from retriever.encoders.clip import weights_digest
+
+    return f"finetuned:{spec.kind}:{spec.model}:sha256-{weights_digest(Path(path))}"
 
 
 def eval_transform(spec: TowerSpec):
@@ -248,7 +253,6 @@ class FineTunedSpace:
 
     def __init__(self, path: str | Path, device: torch.device | None = None) -> None:
         from retriever.device import pick_device
-        from retriever.index_files import sha256_file
 
         path = Path(path)
         if not path.is_file():
@@ -267,7 +271,7 @@ class FineTunedSpace:
         self.tower.eval().to(self.device)
         self.transform = eval_transform(spec)
         self.dim = self.tower.dim
-        self.model_id = f"finetuned:{spec.kind}:{spec.model}:sha256-{sha256_file(path)[:16]}"
+        self.model_id = tower_model_id(spec, path)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         from retriever.device import inference, to_device
