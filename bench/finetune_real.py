@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--tower", default="efficientnet-lite2")
+    ap.add_argument("--lr", type=float, default=1e-4, help="FT learning rate (top of the tower and the head)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared 2-core machine two threads spin against each other)")
@@ -164,7 +165,7 @@ def main() -> None:
     t_start = time.perf_counter()
     print(f"command: .venv/bin/python bench/finetune_real.py --prompts {args.prompts} --seeds {args.seeds} "
           f"--resolution {args.resolution} --lp-epochs {args.lp_epochs} --epochs {args.epochs} "
-          f"--batch-size {args.batch_size} --tower {args.tower} --seed {args.seed} --threads {args.threads}"
+          f"--batch-size {args.batch_size} --tower {args.tower} --lr {args.lr} --seed {args.seed} --threads {args.threads}"
           + (" --native-baseline" if args.native_baseline else ""))
     combos = prompt_grid(args.prompts, args.seed)
     rng = np.random.default_rng(args.seed)
@@ -204,7 +205,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(tower=args.tower, resolution=args.resolution, lp_epochs=args.lp_epochs, epochs=args.epochs,
-                         batch_size=args.batch_size, head_lr=3e-3, lr=1e-3, layer_decay=0.8, warmup_steps=10,
+                         batch_size=args.batch_size, head_lr=3e-3, lr=args.lr, layer_decay=0.8, warmup_steps=10,
                          ema_decay=0.9, val_fraction=0.15, seed=args.seed, workers=0, checkpoint_every=10_000)
     spec = TowerSpec("efficientnet", args.tower, args.resolution)
     train_pairs = Pairs([paths[i] for i in train_rows], [prompts[i] for i in train_rows], targets[train_rows])

@@ -383,7 +383,10 @@ def finetune(pairs: Pairs, spec: TowerSpec, cfg: FinetuneConfig, out: str | Path
 
         t0, losses = time.perf_counter(), []
         batches = epoch_batches(train_rows, cfg, epoch, step, rank, world)
-        for x, y, ok in loader_for(batches):
+        from tqdm.auto import tqdm
+
+        for x, y, ok in tqdm(loader_for(batches), total=len(batches), desc=f"epoch {epoch + 1} ({phase})",
+                             unit="step", leave=False, disable=not progress or rank != 0):
             torch.manual_seed(sample_seed(cfg.seed, epoch, step, -1))  # dropout and the like, per step
             with training_autocast(device, dtype):
                 pred = wrapped(x.to(device, non_blocking=True))
