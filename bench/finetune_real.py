@@ -191,7 +191,7 @@ def main() -> None:
 
     import copy
 
-    results, probes = {}, {}
+    results = {}
     for res in sorted({args.resolution, 260} if args.native_baseline else {args.resolution}):
         t0 = time.perf_counter()
         f = frozen_features(args.tower, images, res)
@@ -199,7 +199,6 @@ def main() -> None:
         with torch.no_grad():
             pred = r.head(torch.from_numpy(f[test_rows])).numpy()
         results[f"frozen {res}px"] = mean_cosine(pred, truth)
-        probes[res] = r.head
         print(f"frozen features at {res}px + linear head: held-out cosine {results[f'frozen {res}px']:.4f} "
               f"({r.epochs} epochs, {time.perf_counter() - t0:.0f} s)")
 
@@ -210,9 +209,12 @@ def main() -> None:
     spec = TowerSpec("efficientnet", args.tower, args.resolution)
     train_pairs = Pairs([paths[i] for i in train_rows], [prompts[i] for i in train_rows], targets[train_rows])
     out = tmp / "heads" / "ft.pt"
-    # LP-FT: the linear probe is the frozen head at this resolution, trained to convergence above; FT starts from it
-    result = finetune(train_pairs, spec, cfg, out, tmp / "run", init_head=copy.deepcopy(probes[args.resolution]),
-                      progress=True)
+    # LP-FT: the linear probe is a frozen head at this resolution trained to convergence on finetune's own training
+    # prompts only (finetune holds out its validation prompts by the same seeded split), then FT starts from it
+    ft_train, _ = split_by_prompt(train_pairs.prompts, cfg.val_fraction, cfg.seed)
+    f = frozen_features(args.tower, [images[train_rows[i]] for i in ft_train], args.resolution)
+    probe = train_head(f, train_pairs.targets[ft_train], TrainConfig(epochs=300, patience=15, seed=args.seed)).head
+    result = finetune(train_pairs, spec, cfg, out, tmp / "run", init_head=copy.deepcopy(probe), progress=True)
     space = FineTunedSpace(tower_file(out))  # reloaded from disk, as the profile serves it
     head, meta = load_head_file(out)
     feats = space.encode_images([images[i] for i in test_rows])
