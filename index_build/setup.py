@@ -91,4 +91,4 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
 def _search(factory: str, dim: int, options: BuildOptions | None) -> str:
     from retriever.search_device import describe, plan_for_factory
 
-    return describe(plan_for_factory(factory, dim, (options or BuildOptions()).gpus))
+    return describe(plan_for_factory(factory, dim, options.gpus if options else 0))

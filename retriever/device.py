@@ -50,3 +50,29 @@ def maybe_compile(fn: F, mode: str) -> F:
     if mode == "off":
         return fn
     return torch.compile(fn, mode=mode)  # type: ignore[return-value]
+
+
+def training_device() -> torch.device:
+    """A process's device: under torchrun each process takes the GPU of its LOCAL_RANK; else pick_device()."""
+    import os
+
+    device = pick_device()
+    if device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def training_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """Autocast dtype for training: fp32 on the CPU; on CUDA bf16 where the GPU has it (auto), else fp16."""
+    if device.type != "cuda" or precision == "fp32":
+        return torch.float32
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return pick_dtype(device, precision)
+
+
+def training_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on CUDA in half precision; nothing on the CPU or in fp32."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()

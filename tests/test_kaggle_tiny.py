@@ -257,3 +257,57 @@ def test_doctor_says_the_head_is_missing_and_how_to_train_it(kaggle_tiny, tmp_pa
     res = run_cli("doctor", "--profile", str(strict))
     assert res.returncode == 1 and "fail  head heads/kaggle-bigG.pt: missing" in res.stdout
     assert "cannot serve: 1 failed" in res.stderr
+
+
+def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggle_tiny, tmp_path, home):
+    """generate-pairs (a tiny random diffusers pipeline) -> a resumable pairs table -> train-regressor
+    --finetune -> the head and its tower listed in regress.heads serve predictions."""
+    pytest.importorskip("diffusers")
+    import polars as pl
+    import torch
+
+    from retriever.heads.model import load_head_file
+    from retriever.heads.towers import FineTunedSpace
+    from retriever.images import load_image
+    from tiny_diffusers import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(tmp_path / "tiny-sd")
+    (tmp_path / "gen-prompts.txt").write_text("\n".join(CAPTIONS[:4]) + "\n")
+    gen = tmp_path / "generated"
+    args = ["generate-pairs", "--prompts", str(tmp_path / "gen-prompts.txt"), "--out", str(gen), "--model", str(pipe),
+            "--steps", "2", "--guidance", "1", "--seeds", "2", "--size", "32", "--shard-size", "4", "--quiet"]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    table = pl.read_parquet(gen / "pairs.parquet")
+    assert table.height == 8 and table["prompt"].n_unique() == 4 and table["seed"].n_unique() == 8
+    # resume: a shard whose record and one image were lost is redone; finished shards are not touched
+    stamps = {p: (gen / p).stat().st_mtime_ns for p in table["image"]}
+    lost = pl.read_parquet(gen / "work" / "done" / "000001.parquet")["image"][0]
+    (gen / lost).unlink()
+    (gen / "work" / "done" / "000001.parquet").unlink()
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert (gen / lost).is_file() and pl.read_parquet(gen / "pairs.parquet").equals(table)
+    assert all((gen / p).stat().st_mtime_ns == t for p, t in stamps.items() if p != lost)
+    other = run_cli(*args, "--steps", "3")  # other settings into the same folder are refused
+    assert other.returncode == 2 and "other prompts or settings" in other.stderr
+
+    out = home / "heads" / "kaggle-ft.pt"
+    out.parent.mkdir(exist_ok=True)
+    res = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--finetune", "--pairs", str(gen / "pairs.parquet"),
+                  "--epochs", "1", "--lp-epochs", "1", "--batch-size", "4", "--workers", "0", "--val-fraction", "0.25",
+                  "--warmup-steps", "1", "--ema-decay", "0.5", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "finetune epoch 2/2 (ft)" in res.stderr and out.with_name("kaggle-ft.tower.pt").is_file()
+    profile = tmp_path / "kaggle-ft.toml"
+    profile.write_text(kaggle_tiny.read_text().replace('head = "heads/kaggle-bigG.pt"',
+                                                       'heads = [{ path = "heads/kaggle-ft.pt" }]'))
+    res = run_cli("predict", "--profile", str(profile), str(EXAMPLES / "cat.jpg"), "--json", "--mode", "fast")
+    assert res.returncode == 0, res.stderr
+    served = np.array(json.loads(res.stdout)["stage_embeddings"]["regressor"])
+    head, meta = load_head_file(out)
+    space = FineTunedSpace(out.with_name("kaggle-ft.tower.pt"))
+    with torch.no_grad():
+        expected = head(torch.from_numpy(space.encode_images([load_image(EXAMPLES / "cat.jpg")]))).numpy()[0]
+    np.testing.assert_allclose(served, expected / np.linalg.norm(expected), atol=1e-4)
+    assert meta["feature_model_id"] == space.model_id and meta["mode"] == "finetune"

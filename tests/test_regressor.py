@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,27 @@ def test_heads_are_averaged_with_their_weights(tmp_path):
     out = HeadEnsemble([_Member(a, None, 1.0), _Member(b, None, 3.0)]).predict([None] * 4, x)
     expected = a.predict_features(x) + 3 * b.predict_features(x)
     np.testing.assert_allclose(out, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_ensemble_weights_are_chosen_on_validation_and_written_into_the_profile(tmp_path):
+    from retriever.heads.ensemble import choose_weights, regress_section, with_regress
+    from retriever.profile import load_profile
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((300, 384)).astype(np.float32)
+    good = truth + 0.8 * rng.standard_normal(truth.shape)  # a better head and a worse one, errors independent
+    fair = truth + 1.6 * rng.standard_normal(truth.shape)
+    junk = rng.standard_normal(truth.shape)  # a head that knows nothing
+    choice = choose_weights([good, fair, junk], truth)
+    assert choice.single[0] > choice.single[1] > choice.single[2]
+    w = choice.weights
+    assert abs(sum(w) - 1) < 1e-6 and w[0] > w[1] > w[2] and w[2] <= 0.1
+    assert choice.cosine >= max(choice.single) and choice.cosine > choice.uniform
+    # an unhelpful head gets no weight and the profile's [regress] section lists the rest
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "retriever" / "profiles" / "kaggle.toml").read_text()
+    section = regress_section(["heads/a.pt", "heads/b.pt", "heads/c.pt"], [0.7, 0.3, 0.0])
+    (tmp_path / "ens.toml").write_text(with_regress(text, section))
+    profile = load_profile(str(tmp_path / "ens.toml"))
+    assert [(h.path, h.weight) for h in profile.regress.heads] == [("heads/a.pt", 0.7), ("heads/b.pt", 0.3)]
+    assert profile.blend.regressor_weight == 0.75 and profile.assemble.top_n == 8  # the rest is kept

@@ -11,7 +11,7 @@ from typing import Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from api.cli import doctor, feedback, indexes, predict, scoring, serve, sources, train  # noqa: E402
+from api.cli import doctor, feedback, generate, indexes, predict, scoring, serve, sources, train  # noqa: E402
 from api.cli.common import Formatter, err, positive_int  # noqa: E402
 from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
@@ -31,7 +31,7 @@ examples:
 Profiles: {profiles} (default {default}; set --profile or ${env}).
 Indexes and caches live in $UNPROMPT_HOME (default ~/.cache/unprompt).
 """
-GROUPS = (predict, indexes, sources, train, scoring, serve, feedback, doctor)
+GROUPS = (predict, indexes, sources, train, generate, scoring, serve, feedback, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

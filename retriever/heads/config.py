@@ -16,3 +16,32 @@ class TrainConfig:
     patience: int = 10  # epochs without validation gain before stopping
     seed: int = 0
     finetune_lr_scale: float = 0.3  # pairs fine-tuning after a prompts-only start runs at lr times this
+
+
+@dataclass
+class FinetuneConfig:
+    """Knobs of ``train-regressor --finetune`` (an image tower and its head trained end to end)."""
+
+    tower: str = "retrieval"  # the profile's retrieval tower, or an EfficientNet-Lite by name
+    resolution: int = 0  # training and serving side in pixels (0: the tower's own)
+    hidden: int = 0
+    lp_epochs: int = 1  # LP: epochs training the head alone on the frozen tower
+    epochs: int = 10  # FT: epochs training tower and head
+    batch_size: int = 64  # the global batch (split across DDP processes)
+    head_lr: float = 1e-3  # LP learning rate
+    lr: float = 3e-5  # FT learning rate of the head and the top of the tower
+    layer_decay: float = 0.75  # each level down the tower trains at this times the level above's rate
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    val_fraction: float = 0.1  # of the prompts (a prompt's every image lands on the same side)
+    seed: int = 0
+    precision: str = "auto"  # autocast on CUDA: auto (bf16 where supported, else fp16), bf16, fp16, fp32
+    grad_checkpointing: bool = True  # on CUDA: recompute activations in the backward pass
+    augment: bool = True  # random resized crop, RandAugment (no posterize/solarize/equalize), random erasing
+    randaug_ops: int = 2
+    randaug_magnitude: int = 9
+    erase_p: float = 0.25
+    crop_scale: float = 0.5  # the smallest crop kept by random resized crop, as a fraction of the area
+    workers: int = -1  # image decoding processes (-1: as many as the CPUs allow, up to 8; 0: in this process)
+    checkpoint_every: int = 200  # steps between resumable checkpoints (also at every epoch's end)

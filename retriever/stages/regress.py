@@ -3,6 +3,7 @@
 * ``bridge``: the lite bridge already lands in MiniLM space; its image embedding is the prediction.
 * ``head``: one or more heads trained by ``unprompt train-regressor`` (``retriever.heads``), each over the
   features of its own image space (the retrieval space unless named), averaged with their weights. A head
+  fine-tuned by ``train-regressor --finetune`` reads the features of its own tower, saved beside it. A head
   whose recorded model ids or dimensions do not match is refused; a head file that is missing is skipped with
   a warning (the final embedding then comes from retrieval and assembly alone) unless the profile requires it.
 """
@@ -22,6 +23,7 @@ from retriever.device import inference, pick_device, to_device
 from retriever.encoders.base import ImageEncoder, l2_normalize
 from retriever.errors import MissingWeightsError, UnpromptWarning
 from retriever.heads.model import check_head, load_head_file
+from retriever.heads.towers import finetuned_space_for
 from retriever.paths import resolve_home_path
 from retriever.profile import RegressConfig
 
@@ -82,11 +84,13 @@ def load_regressor(config: RegressConfig, retrieval: ImageEncoder, target_model_
     """The profile's heads; None (with a warning) when none can be found and the profile does not require one."""
     members, missing = [], []
     for ref in config.heads:
+        path = resolve_home_path(ref.path)
         space = None if ref.space == "retrieval" else space_for(ref.space)
-        features = space or retrieval
         try:
-            head = HeadRegressor(resolve_home_path(ref.path), features.model_id, features.dim, target_model_id,
-                                 target_dim)
+            if space is None:  # a fine-tuned head reads its own tower's features (saved beside it)
+                space = finetuned_space_for(path)
+            features = space or retrieval
+            head = HeadRegressor(path, features.model_id, features.dim, target_model_id, target_dim)
         except MissingWeightsError as exc:
             if config.require_head:
                 raise

@@ -1,0 +1,150 @@
+"""train-regressor --finetune on a tiny random open_clip tower: LP-FT, layer-wise decay, EMA, kill -9 and
+resume, and DDP over gloo against a single process."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetune_case import make_case, run_case
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the subprocesses run with one thread too: the same kernels, the same bits
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("ft-case")
+    return root, *make_case(root)
+
+
+@pytest.fixture(scope="module")
+def reference(case):
+    """The uninterrupted single-process run, with the mid-LP checkpoint kept for the phase test."""
+    from retriever.heads.finetune import CHECKPOINT, finetune
+
+    root, pairs, spec, cfg = case
+    run_dir, kept = root / "ref-run", {}
+
+    def on_step(epoch, step):
+        if (epoch, step) == (0, 2):
+            kept["lp"] = torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+
+    result = finetune(pairs, spec, cfg, root / "ref" / "head.pt", run_dir, on_step=on_step)
+    return result, kept["lp"], torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+
+
+def _tower_state(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_lp_then_ft_lowers_the_validation_loss_and_saves_the_best_ema(case, reference):
+    from retriever.heads.towers import FineTunedSpace, build_tower, tower_file
+
+    root, pairs, spec, cfg = case
+    result, mid_lp, final = reference
+    assert [h["phase"] for h in result.history] == ["lp", "ft", "ft"]
+    losses = [h["val_loss"] for h in result.history]
+    assert losses[-1] < losses[0] - 0.02, losses  # fine-tuning the tower lowers the held-out loss
+    assert result.best_val_loss == min(losses)
+    start = build_tower(spec).state_dict()
+    # LP: the tower is frozen while the head trains; FT: the tower trains
+    assert all(torch.equal(mid_lp[f"tower.{k}"], v) for k, v in start.items())
+    assert not torch.equal(mid_lp["head.weight"], final["head.weight"])
+    assert not torch.equal(final["tower.visual.conv1.weight"], start["visual.conv1.weight"])
+    meta = result.meta
+    assert meta["mode"] == "finetune" and meta["in_dim"] == 32 and meta["out_dim"] == 384
+    space = FineTunedSpace(tower_file(result.head_path))
+    assert meta["feature_model_id"] == space.model_id and meta["tower"] == "head.tower.pt"
+    assert meta["metrics"]["val_loss"] == pytest.approx(min(losses))
+
+
+def test_layer_wise_decay_groups_and_ema_average(case):
+    from retriever.heads.finetune import TowerHead, make_ema, make_optimizer, param_groups, set_phase
+    from retriever.heads.model import make_head
+    from retriever.heads.towers import build_tower
+
+    _, _, spec, cfg = case
+    model = TowerHead(build_tower(spec), make_head(32, 384))
+    top = model.tower.depths
+    assert top == 3  # stem, one transformer block, the top (ln_post, proj)
+    set_phase(model, "lp")
+    assert not any(p.requires_grad for p in model.tower.parameters()) and not model.tower.training
+    lp = param_groups(model, "lp", cfg)
+    assert len(lp) == 1 and lp[0]["lr"] == cfg.head_lr and set(lp[0]["names"]) == {"head.weight", "head.bias"}
+    set_phase(model, "ft")
+    groups = param_groups(model, "ft", cfg)
+    names = [n for g in groups for n in g["names"]]
+    assert len(names) == len(set(names)) == len(list(model.parameters()))
+    depth = {n: g["depth"] for g in groups for n in g["names"]}
+    assert depth["tower.visual.conv1.weight"] == 0 and depth["tower.visual.positional_embedding"] == 0
+    assert depth["tower.visual.transformer.resblocks.0.attn.in_proj_weight"] == 1
+    assert depth["tower.visual.proj"] == 2 and depth["head.weight"] == top
+    for g in groups:
+        assert g["lr"] == pytest.approx(cfg.lr * cfg.layer_decay ** (top - g["depth"]))
+        no_decay = any(n.endswith("bias") or ".ln_" in n for n in g["names"])
+        assert g["weight_decay"] == (0.0 if no_decay else cfg.weight_decay)
+    opt, _, _ = make_optimizer(model, "ft", cfg, total_steps=10)
+    lrs = {g["depth"]: g["lr"] for g in opt.param_groups}
+    assert lrs[1] / lrs[2] == pytest.approx(cfg.layer_decay) and lrs[0] / lrs[top] == pytest.approx(cfg.layer_decay ** 3)
+
+    lin = torch.nn.Linear(2, 1)
+    ema = make_ema(lin, 0.5)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        ema.update_parameters(lin)  # the first update copies
+        lin.weight.fill_(3.0)
+        ema.update_parameters(lin)
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 2.0))  # 0.5 * 1 + 0.5 * 3
+
+
+def _forked(nprocs, *args):
+    """run_case in ``nprocs`` forked processes (everything is imported already: no start-up cost); their exit
+    codes. Forking is safe here: one thread, no process group in the parent."""
+    ctx = torch.multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=run_case, args=(rank, *args)) for rank in range(nprocs)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return [p.exitcode for p in procs]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_weights(case, reference):
+    from retriever.heads.finetune import CHECKPOINT, finetune
+
+    root, pairs, spec, cfg = case
+    run_dir, out = root / "killed-run", root / "killed" / "head.pt"
+    assert _forked(1, root, run_dir, out, (1, 2)) == [-9]
+    state = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    assert (state["epoch"], state["step"], state["phase"]) == (1, 2, "ft")  # mid-epoch, in the FT phase
+    result = finetune(pairs, spec, cfg, out, run_dir)
+    final = torch.load(run_dir / CHECKPOINT, weights_only=False)["model"]
+    assert all(torch.equal(final[k], v) for k, v in reference[2].items())
+    ref_tower = _tower_state(reference[0].head_path.with_name("head.tower.pt"))
+    assert all(torch.equal(_tower_state(out.with_name("head.tower.pt"))[k], v) for k, v in ref_tower.items())
+    assert [h["val_loss"] for h in result.history] == [h["val_loss"] for h in reference[0].history]
+
+
+def test_two_gloo_ddp_processes_match_one_with_the_same_global_batch(case, reference):
+    from retriever.heads.finetune import CHECKPOINT
+
+    root = case[0]
+    assert _forked(2, root, root / "ddp-run", root / "ddp" / "head.pt", None, 2, _free_port()) == [0, 0]
+    final = torch.load(root / "ddp-run" / CHECKPOINT, weights_only=False)["model"]
+    for k, v in reference[2].items():
+        np.testing.assert_allclose(final[k].numpy(), v.numpy(), atol=2e-4, err_msg=k)
