@@ -103,7 +103,7 @@ def main() -> int:
     u, v, t = sd2_flops(args.size)
     per_image = args.steps * 2 * u + v + 2 * t  # classifier-free guidance: two UNet rows and two texts per image
     gen_rate = rate / per_image
-    print(f"\n## Regressor recipe: generated pairs and fine-tuned towers (a MODEL, not a measurement)\n")
+    print("\n## Regressor recipe: generated pairs and fine-tuned towers (a MODEL, not a measurement)\n")
     print("Command: `.venv/bin/python bench/finetune_gpu_model.py >> bench/results/gpu-model.md` (after "
           "`bench/gpu_model.py`, which rewrites the file). Counted with torch's FlopCounterMode on the meta device "
           f"at the real shapes; the same assumed rate: {args.utilisation:.0%} of the H100 SXM dense peak "
@@ -123,7 +123,7 @@ def main() -> int:
     for tower, res in towers:
         f = train_step_flops(tower, res)
         rows.append((tower, res, f, rate / (f * args.checkpointing)))
-    print(f"### Fine-tuning: forward + backward per image (tower + 384-d head + cosine loss)\n")
+    print("### Fine-tuning: forward + backward per image (tower + 384-d head + cosine loss)\n")
     print(f"Gradient checkpointing (on by default on CUDA) recomputes the forward: x{args.checkpointing:.2f} "
           "per step, included in images/s.\n")
     print("| tower | px | GFLOP per image (fwd+bwd) | modelled images/s |")

@@ -1,7 +1,6 @@
 """train-regressor --finetune on a tiny random open_clip tower: LP-FT, layer-wise decay, EMA, kill -9 and
 resume, and DDP over gloo against a single process."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
