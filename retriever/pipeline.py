@@ -201,7 +201,11 @@ class Interrogator:
         assembler = Assembler(self.profile.assemble_for(mode, flavours))
         timer = _Timer()
         with timer.stage("image_encode"):
-            if self.describer:  # the classifier's probabilities serve the description too
+            features = None
+            if self.describer and self.describer.head is not None:  # probabilities and features, one pass
+                probabilities, features = self.retrieval_space.classifier.predict(images)
+                retrieval_vectors = self.retrieval_space.embed_probabilities(probabilities)
+            elif self.describer:  # the classifier's probabilities serve the description too
                 probabilities = self.retrieval_space.classifier.predict_proba(images)
                 retrieval_vectors = self.retrieval_space.embed_probabilities(probabilities)
             else:
@@ -216,25 +220,28 @@ class Interrogator:
             # a floor that empties everything must not leave the image without a prompt
             reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
         to_assemble, styles, confidence = reranked, [self.prior.style] * len(images), None
+        mediums: list[dict[str, float] | None] = [None] * len(images)
         if self.describer:
             with timer.stage("describe"):
-                descriptions = self.describer.describe(probabilities, images)
+                descriptions = self.describer.describe(probabilities, images, features)
                 applied = [self.describer.apply(d, c, self.prior.style) for d, c in zip(descriptions, reranked)]
                 to_assemble, styles = [a[0] for a in applied], [a[1] for a in applied]
                 confidence = [d.confidence for d in descriptions]
+                mediums = [d.mediums for d in descriptions]
         with timer.stage("assemble"):
             targets = self.prior.assembly_targets(rerank_vectors)
             assembled = assembler.assemble_batch(targets, to_assemble, self.text_embeddings.for_texts, styles)
         with timer.stage("negative"):
-            negatives = self.negative(retrieval_vectors)
+            negatives = self.negative.useful(mediums)
+            least_similar = self.negative(retrieval_vectors) if mode == "negative" else [""] * len(images)
         with timer.stage("regress"):
             regressed = self.regressor.predict(images, retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
             results = self._finish(assembled, reranked, regressed, stages, self._prior_weights(confidence, len(images)))
-        for r, negative in zip(results, negatives):
+        for r, negative, unlike in zip(results, negatives, least_similar):
             r.negative_prompt, r.mode = negative, mode
-            if mode == "negative":
-                r.prompt = negative
+            if mode == "negative":  # CLIP Interrogator's negative mode: the components least like the image
+                r.prompt = unlike
         with timer.stage("metadata"):
             self.recorded.apply(results, [i.recorded for i in inputs], mode)
         per_image = {k: v / len(images) for k, v in timer.ms.items()}

@@ -11,10 +11,15 @@ from retriever.strict import Strict as _Strict
 
 
 class NegativeConfig(_Strict):
-    """The negative prompt: the components of these kinds least like the image (searched with the negated vector)."""
+    """The negative prompt: the quality negatives people use, then the mediums the image most clearly is not;
+    ``mode=negative``: the components of these kinds least like the image (searched with the negated vector)."""
 
     kinds: list[str] = ["flavour"]
     count: int = Field(default=6, ge=1, le=50)
+    quality: str | None = Field(default="pkg:retriever/data/negative_quality.txt",
+                                description="a file of quality negatives (pkg:<package>/<file> or a path); none: off")
+    quality_terms: int = Field(default=12, ge=0, description="how many of its first terms the negative prompt takes")
+    not_mediums: int = Field(default=2, ge=0, description="least likely mediums (medium head) added as negatives")
 
 
 class BlendConfig(_Strict):
@@ -51,6 +56,26 @@ GRAPHIC_CLASSES = ["web site", "comic book", "crossword puzzle", "book jacket", 
                    "packet", "binder", "street sign", "scoreboard", "screen", "monitor", "television", "oscilloscope"]
 
 
+MEDIUM_PHRASES = {"photo": "a photo", "painting": "a painting", "illustration": "an illustration",
+                  "3D render": "a 3D render", "anime": "an anime illustration", "digital art": "concept art"}
+SCENE_PARENTS = ["geological formation", "building", "place of business", "housing", "bridge", "area", "residence",
+                 "establishment"]
+
+
+class LookConfig(_Strict):
+    """Colour and lighting words from the pixels (retriever/stages/look.py); chosen on the dev halves."""
+
+    grey_saturation: float = Field(default=0.08, ge=0, le=1, description="under this mean saturation: black and white")
+    muted_saturation: float = Field(default=0.2, ge=0, le=1)
+    vibrant_saturation: float = Field(default=0.45, ge=0, le=1)
+    hue_share: float = Field(default=0.25, gt=0, le=1, description="share of colourful pixels a named hue needs")
+    dark_brightness: float = Field(default=0.3, ge=0, le=1)
+    bright_brightness: float = Field(default=0.7, ge=0, le=1)
+    dramatic_contrast: float = Field(default=0.28, ge=0, le=1)
+    soft_contrast: float = Field(default=0.12, ge=0, le=1)
+    warm_share: float = Field(default=0.75, gt=0.5, le=1, description="share of warm hues for warm (cold below 1-x)")
+
+
 class DescribeConfig(_Strict):
     """The lite describe stage (retriever/stages/describe.py): a subject named only as far as the classifier
     is sure, a medium decided from the image, cleaner candidates. Needs a classifier (bridge) retrieval space."""
@@ -67,6 +92,14 @@ class DescribeConfig(_Strict):
     render_noise: float = Field(default=1.0, description="a colourful image this smooth is a 3D render")
     render_saturation: float = 0.2
     grey_saturation: float = Field(default=0.06, description="under this mean saturation a photo is black and white")
+    medium_head: str | None = Field(default=None, description="a medium head (pkg:<package>/<file> or a path): "
+                                                              "the medium from the classifier's features")
+    medium_phrases: dict[str, str] = Field(default_factory=lambda: dict(MEDIUM_PHRASES))
+    scene_parents: list[str] = Field(default_factory=lambda: list(SCENE_PARENTS),
+                                     description="ImageNet classes under these WordNet parents are scenes")
+    scene_mass: float = Field(default=0.05, ge=0, le=1, description="probability a scene hint needs (no subject)")
+    style_terms: int = Field(default=6, ge=0, description="most-used prior style components every prompt ends with")
+    look: LookConfig = Field(default_factory=LookConfig)
     photo_drop_kinds: list[str] = ["artist", "movement"]
     jargon_flavours: int = Field(default=500, ge=0, description="words of the first N flavours count as real words")
     uncertainty_prior_weight: float = Field(default=0.0, ge=0, description="the prior's blend weight grows by this "

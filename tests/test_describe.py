@@ -67,9 +67,9 @@ def test_a_photo_never_gets_an_art_medium_component():
     cleaned, style = d.apply(photo, cands, [cand("highly detailed"), cand("concept art")])
     texts = [c.text for cs in cleaned.values() for c in cs] + [c.text for c in style]
     assert cleaned["medium"][0].text == "a photo" and cleaned["subject"][0].text == "a tabby"
-    assert set(cleaned) == {"medium", "subject", "flavour"}  # no artists, no movements
+    assert set(cleaned) == {"medium", "subject", "flavour", "style"}  # no artists, no movements
     assert [c.text for c in cleaned["flavour"]] == ["sharp focus", "soft light"]
-    assert [c.text for c in style] == ["highly detailed"]
+    assert cleaned["style"][0].text == "highly detailed" and style == []  # the style term went into {style}
     assert not any(names_art_medium(t) for t in texts if t != "a photo")
     painting = Description("painting", "a painting", "a tabby", 0.9)
     assert "illustration" in [c.text for c in d.apply(painting, cands, [])[0]["flavour"]]  # art is fine on art

@@ -48,7 +48,9 @@ def test_modes_map_onto_the_assembly(lite_interrogator):
     fast = lite_interrogator.interrogate(CAT, mode="fast")
     assert fast.prompt == "an Egyptian cat" and fast.retrieval_prompt == "Egyptian cat" and fast.mode == "fast"  # subject only
     negative = lite_interrogator.interrogate(CAT, mode="negative")
-    assert negative.prompt == negative.negative_prompt == best.negative_prompt
+    assert negative.negative_prompt == best.negative_prompt  # the useful one: quality negatives, then what it is not
+    assert negative.prompt and negative.prompt != negative.negative_prompt  # mode=negative: least similar components
+    assert best.negative_prompt.startswith("lowres, low quality") and "photo" not in best.negative_prompt.split(", ")
     no_chain = lite_interrogator.interrogate(CAT, flavours=0)
     assert len(no_chain.prompt) <= len(best.prompt)
     long_chain = lite_interrogator.interrogate(CAT, mode="classic", flavours=8)

@@ -52,7 +52,9 @@ def test_one_image_prompt_alternatives_negative_and_copy(page, lite_interrogator
     alts = page.locator("#alternatives li .alt").all_inner_texts()
     assert alts == expected.alternatives[:5] and 1 <= len(alts) <= 5
     assert page.locator("#alternatives li button.copy").count() == len(alts)
-    assert page.inner_text("#negative") == expected.negative_prompt
+    assert not page.is_visible("#negative")  # an option, collapsed: not beside the prompt
+    page.click("#negative-box summary")
+    assert page.is_visible("#negative") and page.inner_text("#negative") == expected.negative_prompt
     page.click("button.copy[data-for=prompt]")
     assert page.evaluate("navigator.clipboard.readText()") == prompt
     page.locator("#alternatives li button.copy").first.click()

@@ -49,10 +49,12 @@ def run_eval(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     out = check_output_dir(args.out or f"eval-{profile.name}", "--out")
     read_pairs(args.table)  # a bad table is refused before the models load
+    if args.dev_table:
+        read_pairs(args.dev_table)
     train = read_prompts(args.train_prompts) if args.train_prompts else None
     result = evaluate(Interrogator.from_profile(profile), args.table, train,
                       args.constant_prompt or DEFAULT_CONSTANT_PROMPT, args.bootstrap, args.seed,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, dev_table=args.dev_table)
     write_report(result, out)
     print(f"{'stage':<22}{'mean':>9}  95% CI")
     for name, s in [*result.stages.items(), *((f"baseline: {k}", v) for k, v in result.baselines.items())]:
@@ -94,5 +96,8 @@ def register(sub) -> None:
     p.add_argument("--train-prompts", default=None,
                    help="prompts for the mean-embedding baseline (default: leave-one-out over the table)")
     p.add_argument("--constant-prompt", default=None, help="prompt for the constant baseline")
+    p.add_argument("--dev-table", default=None,
+                   help="table whose prompts choose the best single prior prompt, scored as a baseline on TABLE "
+                        "(e.g. the dev half for the held-out half; its images are not read)")
     _add_batch_size(p)
     _add_bootstrap(p)

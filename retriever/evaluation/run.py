@@ -100,14 +100,19 @@ class EvalResult:
 
 def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = None,
              constant_prompt: str = DEFAULT_CONSTANT_PROMPT, bootstrap: int = 1000, seed: int = 0,
-             progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> EvalResult:
-    """Score every stage on its own, the final blend, and two baselines, per image. Recorded prompts are never
+             progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+             dev_table: str | Path | None = None) -> EvalResult:
+    """Score every stage on its own, the final blend, and the baselines, per image. ``dev_table``: the table the
+    best single prior prompt is chosen on (its prompts only; no image is read); without it that baseline is
+    not reported, only the oracle (the prior prompt best on this very table). Recorded prompts are never
     read here: eval measures interrogation, and a file's own prompt would score itself."""
     seed_everything(seed)
     paths, truths = read_pairs(table)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ScoreInputError(f"{table}: image files not found: {', '.join(missing[:10])}")
+        raise ScoreInputError(f"{table}: {len(missing)} image file(s) not found: {', '.join(missing[:10])}"
+                              + _shared_hint(missing))
+    dev_truths = read_pairs(dev_table)[1] if dev_table is not None else None
     truth_emb = metric_embed(truths)
     rows: list[EvalRow] = []
     per_stage: dict[str, list[float]] = {}
@@ -136,19 +141,66 @@ def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = 
         mean_cos = row_cosines(np.repeat(mean, len(truths), axis=0), truth_emb)
         mean_note = f"mean embedding of {len(train_prompts)} training prompts"
     else:  # leave-one-out mean of the evaluation prompts themselves: no prompt scores against itself
-        total = truth_emb.sum(axis=0)
-        loo = (total[None, :] - truth_emb) / max(len(truths) - 1, 1)
-        mean_cos = row_cosines(loo, truth_emb)
-        mean_note = "leave-one-out mean embedding of the evaluation prompts"
-    for row, c, m in zip(rows, const, mean_cos):
-        row.scores["baseline_constant"] = float(c)
-        row.scores["baseline_mean"] = float(m)
+        mean_cos = row_cosines(leave_prompt_out_means(truths, truth_emb), truth_emb)
+        mean_note = ("leave-one-out mean embedding of the evaluation prompts (every row with the same prompt is "
+                     "left out: one prompt drawn by several models never scores against its own copies)")
+    baselines = {"constant": const, "mean": mean_cos}
+    settings = {"table": str(table), "seed": seed, "bootstrap": bootstrap, "constant_prompt": constant_prompt,
+                "mean_baseline": mean_note, "blend": interrogator.profile.blend.model_dump()}
+    prior = _prior_prompts(interrogator)
+    if prior:
+        baselines.update(prior_baselines(prior, truth_emb, dev_truths, settings))
+    for name, values in baselines.items():
+        for row, v in zip(rows, values):
+            row.scores[f"baseline_{name}"] = float(v)
     return EvalResult(
         profile=interrogator.profile.name,
         rows=rows,
         stages={k: summarise(np.array(v), bootstrap, seed) for k, v in per_stage.items()},
-        baselines={"constant": summarise(const, bootstrap, seed), "mean": summarise(mean_cos, bootstrap, seed)},
+        baselines={k: summarise(v, bootstrap, seed) for k, v in baselines.items()},
         timings_ms={k: float(np.median(v)) for k, v in timings.items()},
-        settings={"table": str(table), "seed": seed, "bootstrap": bootstrap, "constant_prompt": constant_prompt,
-                  "mean_baseline": mean_note, "blend": interrogator.profile.blend.model_dump()},
+        settings=settings,
     )
+
+
+def leave_prompt_out_means(truths: list[str], truth_emb: np.ndarray) -> np.ndarray:
+    """Per row, the mean embedding of the rows whose prompt differs (zeros when every row has that prompt)."""
+    keys = {t: k for k, t in enumerate(dict.fromkeys(truths))}
+    group = np.array([keys[t] for t in truths])
+    sums = np.zeros((len(keys), truth_emb.shape[1]), np.float64)
+    np.add.at(sums, group, truth_emb)
+    counts = np.bincount(group, minlength=len(keys))
+    rest = truth_emb.sum(axis=0, dtype=np.float64)[None, :] - sums[group]
+    return (rest / np.maximum(len(truths) - counts[group], 1)[:, None]).astype(np.float32)
+
+
+def prior_baselines(prior: list[str], truth_emb: np.ndarray, dev_truths: list[str] | None,
+                    settings: dict) -> dict[str, np.ndarray]:
+    """Constants drawn from the profile's prior prompts: their mean embedding; the single prompt best on the dev
+    table, scored here (only with a dev table); the single prompt best on this table (an oracle, for honesty)."""
+    emb = metric_embed(prior)
+    sims = truth_emb @ emb.T  # (rows, prior prompts): both unit length
+    mean = emb.mean(axis=0, keepdims=True)
+    out = {"prior_mean": row_cosines(np.repeat(mean, len(truth_emb), axis=0), truth_emb)}
+    if dev_truths is not None:
+        best = int(np.argmax((metric_embed(dev_truths) @ emb.T).mean(axis=0)))
+        out["prior_best_on_dev"] = sims[:, best]
+        settings["prior_best_on_dev"] = prior[best]
+    oracle = int(np.argmax(sims.mean(axis=0)))
+    out["prior_oracle"] = sims[:, oracle]
+    settings["prior_oracle"] = prior[oracle]
+    return out
+
+
+def _prior_prompts(interrogator) -> list[str]:
+    from retriever.stages.prior import prior_texts
+
+    location = interrogator.profile.prior.texts
+    return prior_texts(location, interrogator.profile.name) if location else []
+
+
+def _shared_hint(missing: list[str]) -> str:
+    if any("shared" in Path(m).parts for m in missing):
+        return ("\nThe SD dev set's images live outside the repository, in the shared/ folder beside it "
+                "(../shared/sd-dev); put that folder there (the images are not part of the package).")
+    return ""

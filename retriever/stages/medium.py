@@ -1,6 +1,10 @@
-"""The medium decision: photo, painting, illustration or 3D render, made from the image's own pixels and the
-classifier's graphic-design classes, never from the flavour prior. A photograph then gets no component that
-names an art medium (``art_terms.txt``).
+"""The medium decision: photo, painting, illustration, anime, 3D render or digital art, made from the image itself,
+never from the flavour prior. A photograph then gets no component that names an art medium (``art_terms.txt``).
+
+With a medium head (``describe.medium_head``, the lite profile's ``data/medium_head.npz``): a softmax head over
+the classifier's penultimate features, trained on the dev halves (``data/train_medium_head.py``, provenance in
+``data/medium_head.json``); mostly flat images (diagrams, clip art) stay illustrations whatever it says. Without
+one, the pixel rules below decide.
 
 Pixel statistics (on the image brought to 256 px): how grey it is, how much of it is perfectly flat (drawn
 artwork and diagrams: most of it; photographs, even dark ones, under a quarter), and how much fine noise it
@@ -14,15 +18,17 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
 
+from retriever.errors import ProfileError
+
 if TYPE_CHECKING:
     from retriever.profile import DescribeConfig
 
-MEDIUMS = ("photo", "painting", "illustration", "3D render")
+MEDIUMS = ("photo", "painting", "illustration", "3D render", "anime", "digital art")
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,43 @@ def pixel_stats(image: Image.Image) -> PixelStats:
     return PixelStats(float(sat.mean()), float((spread <= 2).mean()), float(np.median(busy)) if busy.size else 0.0)
 
 
-def decide_medium(stats: PixelStats, graphic: float, cfg: "DescribeConfig") -> str:
+class MediumHead:
+    """Penultimate classifier features -> probabilities over mediums (a standardised linear softmax layer)."""
+
+    def __init__(self, classes: Sequence[str], mean: np.ndarray, scale: np.ndarray, w: np.ndarray, b: np.ndarray,
+                 where: str = "") -> None:
+        unknown = [c for c in classes if c not in MEDIUMS]
+        if unknown or w.shape != (len(classes), len(mean)) or b.shape != (len(classes),) or scale.shape != mean.shape:
+            raise ProfileError(f"medium head {where}: not a medium head (classes {list(classes)}, weights "
+                               f"{w.shape}); re-create it with retriever/data/train_medium_head.py")
+        self.classes = tuple(classes)
+        self.mean, self.scale, self.w, self.b = mean, scale, w, b
+
+    @classmethod
+    def load(cls, location: str) -> "MediumHead":
+        from retriever.paths import local_file
+
+        try:
+            with np.load(local_file(location), allow_pickle=False) as f:
+                return cls([str(c) for c in f["classes"]], f["mean"], f["scale"], f["w"], f["b"], location)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ProfileError(f"describe.medium_head {location} cannot be read ({exc})") from None
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        logits = ((np.asarray(features, np.float32) - self.mean) / self.scale) @ self.w.T + self.b
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def decide_medium(stats: PixelStats, graphic: float, cfg: "DescribeConfig",
+                  head: dict[str, float] | None = None) -> str:
     """One of MEDIUMS. ``graphic``: the classifier's probability on graphic-design classes (comic book, web
-    site, book jacket, ...). Anything not clearly made is a photo."""
+    site, book jacket, ...); ``head``: the medium head's probabilities, which decide when given. Without a head,
+    anything not clearly made is a photo."""
     if stats.flat >= cfg.illustration_flat:
         return "illustration"
+    if head:
+        return max(head, key=head.__getitem__)
     if graphic >= cfg.graphic_mass:
         return "painting" if stats.noise >= cfg.painting_noise else "illustration"
     if stats.noise <= cfg.render_noise and stats.saturation >= cfg.render_saturation:
@@ -60,9 +98,9 @@ def decide_medium(stats: PixelStats, graphic: float, cfg: "DescribeConfig") -> s
 
 
 def medium_phrase(medium: str, stats: PixelStats, cfg: "DescribeConfig") -> str:
-    if medium == "photo":
-        return "a black and white photo" if stats.saturation < cfg.grey_saturation else "a photo"
-    return {"painting": "a painting", "illustration": "an illustration", "3D render": "a 3D render"}[medium]
+    if medium == "photo" and stats.saturation < cfg.grey_saturation:
+        return "a black and white photo"
+    return cfg.medium_phrases.get(medium, medium)
 
 
 @lru_cache(maxsize=1)
