@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import REPO
 from retriever.profile import DescribeConfig
 from retriever.stage_configs import LookConfig
-from retriever.stages.describe import Describer, Description
+from retriever.stages.describe import Describer
 from retriever.stages.look import look, look_words
 from retriever.stages.medium import MEDIUMS, MediumHead, medium_phrase, pixel_stats
 
