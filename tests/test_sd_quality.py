@@ -26,8 +26,9 @@ def test_the_sd_dev_set_is_split_by_prompt_never_by_image():
     import polars as pl
 
     sys.path.insert(0, str(DEVSET))
-    from split_sd_dev import split
+    from split_sd_dev import main, split
 
+    main(SHARED)  # the tables are made from ../shared, never committed (its prompts carry no license)
     source = pl.read_csv(SHARED / "prompts.csv", infer_schema=False)
     dev, held = split(source["prompt"].to_list())
     tables = {n: pl.read_csv(DEVSET / f"sd-dev-{n}.csv", infer_schema=False) for n in ("dev", "heldout")}

@@ -5,7 +5,8 @@ the 30 distinct prompts, sorted, shuffled with Python's ``random.Random(0)``; th
 (``sd-dev-dev.csv``: thresholds, weights and the medium head are chosen on it), the other 15 the held-out half
 (``sd-dev-heldout.csv``: never used to choose anything). Image paths are written relative to this folder
 (``../../../shared/sd-dev/images/...``: the shared/ folder beside the repository), so the images never enter the
-repository or the package. Re-run to re-create the tables (the output is deterministic):
+repository or the package. The tables copy the prompts, whose source states no license, so they are made here
+on demand and never committed (.gitignore); run this before evaluating on them (the output is deterministic):
 
     .venv/bin/python data_manifests/devset/split_sd_dev.py [path/to/sd-dev]
 """
