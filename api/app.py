@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import swagger_ui_bundle
@@ -21,10 +20,11 @@ from api.deps import Service
 from api.errors import install_error_handlers
 from api.logs import configure
 from api.metrics import Metrics
-from api.middleware import BodySizeLimit, Observe
+from api.middleware import BodySizeLimit, ConcurrencyLimit, Observe
 from api.routes import DOCS_ASSETS, router
 from api.settings import Settings
 from retriever import __version__
+from retriever.decode_pool import shared_pool
 from retriever.pipeline import Interrogator
 
 
@@ -46,8 +46,8 @@ def _start(settings: Settings, metrics: Metrics, interrogator: Interrogator) -> 
     batcher = MicroBatcher(run, settings.max_batch_size or default_batch_size(), settings.max_wait_ms,
                            on_batch=metrics.batch_size.observe, enabled=settings.batching)
     batcher.start()
-    decoder = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="unprompt-decode")
-    return Service(interrogator, batcher, decoder, settings.image_limits())
+    return Service(interrogator, batcher, shared_pool(settings.decode_workers, settings.decode_memory_bytes),
+                   settings.image_limits())
 
 
 def create_app(settings: Settings | None = None, interrogator: Interrogator | None = None) -> FastAPI:
@@ -63,21 +63,23 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
 
             loaded = await run_in_threadpool(
                 Interrogator.from_profile, load_profile(settings.profile), settings.verify_checksums)
-        service = app.state.service = _start(settings, metrics, loaded)
+        service = _start(settings, metrics, loaded)
+        await run_in_threadpool(service.decoder.warm)  # the decode workers start before the first request
+        app.state.service = service
         log.info("ready", extra={"fields": {"profile": loaded.profile.name, "batching": settings.batching}})
         yield
         app.state.service = None
-        await service.batcher.stop()
-        service.decoder.shutdown(wait=False, cancel_futures=True)
+        await service.batcher.stop()  # the decode pool is the process's: it stops when the process exits
 
     app = FastAPI(title="unprompt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Recover the prompt behind an image. POST an image to /v1/interrogate.")
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, None
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(Observe, metrics=metrics, log=log)  # added last: outermost, sees every response
     install_error_handlers(app, metrics)
     app.include_router(router)

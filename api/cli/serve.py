@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.connections import uvicorn_options
     from retriever.pipeline import Interrogator
     from retriever.profile import load_profile
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     # load before the server starts, so a missing index or weights is a clear error, not a failed start-up
     interrogator = Interrogator.from_profile(load_profile(settings.profile), checksums=settings.verify_checksums)
     uvicorn.run(create_app(settings, interrogator), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=int(max(1, round(settings.shutdown_timeout_s))))
+                access_log=False, **uvicorn_options(settings))
     return 0
 
 
