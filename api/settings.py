@@ -16,7 +16,7 @@ class Settings(BaseSettings):
 
     profile: str | None = Field(default=None, description="profile name or path (default: lite)")
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
     max_upload_bytes: int = Field(default=_IMAGE.max_bytes, ge=1, description="largest request body accepted")
     max_pixels: int = Field(default=_IMAGE.max_pixels, ge=1, description="largest image (width x height) decoded")
     max_aspect: float = Field(default=_IMAGE.max_aspect, ge=1, description="largest ratio of long to short side")

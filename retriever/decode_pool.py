@@ -71,6 +71,14 @@ def _decode_task(source: bytes | str, limits: ImageLimits, name: str) -> tuple:
         return "refused", "too_large", f"{name}: image needs too much memory to decode"
 
 
+def _context():
+    """fork where there is one: a worker starts in milliseconds and needs no ``if __name__ == "__main__"``
+    guard in the caller's script (spawn would re-run it); the child runs only Pillow and numpy, never torch
+    (as torch's own DataLoader workers, forked the same way)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def _warm() -> int:
     return 0
 
@@ -88,9 +96,8 @@ class DecodePool:
             if self._pool is None:
                 from pebble import ProcessPool
 
-                # spawn, not fork: the parent holds torch's and the server's threads and locks
                 self._pool = ProcessPool(max_workers=self.workers, initializer=_init_worker,
-                                         initargs=(self.memory_bytes,), context=multiprocessing.get_context("spawn"))
+                                         initargs=(self.memory_bytes,), context=_context())
             return self._pool
 
     def warm(self) -> None:

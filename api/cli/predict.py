@@ -10,19 +10,33 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from api.cli.common import command, err, positive_int
+from api.cli.common import bounded_int, command, err, positive_int
 from retriever.errors import UnpromptError
+from retriever.files import safe_cell
 from retriever.feed import DEFAULT_BATCH_SIZE
-from retriever.images import ImageLimits, list_images
+from retriever.images import ImageLimits, ImageRejected, list_images
 from retriever.profile import MODES
 
 LIMITS = ImageLimits()
 FORMATS = ("text", "tsv", "csv", "jsonl")
 
 
-def expand(inputs: list[str]) -> list[str]:
-    """Files as given; a folder stands for its image files, sorted by name."""
-    return [str(f) for item in inputs for f in (list_images(item) if Path(item).is_dir() else [item])]
+def expand(inputs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Files as given; a folder stands for its image files, sorted by name. A folder that cannot be listed (no
+    permission, no images) is an error of its own: (paths, {folder: message}); the other inputs go on."""
+    paths: list[str] = []
+    errors: dict[str, str] = {}
+    for item in inputs:
+        if not Path(item).is_dir():
+            paths.append(item)
+            continue
+        try:
+            paths += [str(f) for f in list_images(item)]
+        except ImageRejected as exc:
+            errors[item] = str(exc)
+        except OSError as exc:
+            errors[item] = f"{item}: cannot list the folder ({exc.strerror or exc})"
+    return paths, errors
 
 
 class Writer:
@@ -30,7 +44,9 @@ class Writer:
 
     def __init__(self, stream: TextIO, fmt: str, with_embedding: bool, top: int) -> None:
         self.stream, self.fmt, self.with_embedding, self.top = stream, fmt, with_embedding, top
-        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        # RFC 4180: CRLF between records, so a CR or LF inside a cell is always quoted; cells that a spreadsheet
+        # would run as a formula get a leading apostrophe (retriever.files.safe_cell)
+        self.csv = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
         if self.csv:
             self.csv.writerow(["image", "prompt", "negative_prompt", "error"])
 
@@ -38,7 +54,7 @@ class Writer:
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, **result.as_dict(self.with_embedding, self.top), **extra}))
         elif self.csv:
-            self.csv.writerow([path, result.prompt, result.negative_prompt, ""])
+            self.csv.writerow(map(safe_cell, [path, result.prompt, result.negative_prompt, ""]))
         else:
             self._line(f"{_one_line(path)}\t{_one_line(result.prompt)}" if self.fmt == "tsv" else _one_line(result.prompt))
         self.stream.flush()
@@ -47,7 +63,7 @@ class Writer:
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, "error": message}))
         elif self.csv:
-            self.csv.writerow([path, "", "", message])
+            self.csv.writerow(map(safe_cell, [path, "", "", message]))
         else:
             self._line(f"{_one_line(path)}\t" if self.fmt == "tsv" else "")
         self.stream.flush()
@@ -69,18 +85,23 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = "jsonl" if args.json else args.format
     out = check_output_file(args.out, "--out") if args.out else None
-    paths = expand(args.images)
+    paths, unlisted = expand(args.images)
     if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
-        raise UnpromptError("no image to read: " + ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
+        named = [*unlisted.values(), *paths]
+        raise UnpromptError("no image to read: " + "; ".join(named[:5]) + (" ..." if len(named) > 5 else ""))
     interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
-    failures = 0
+    failures = len(unlisted)
+    for message in unlisted.values():
+        err(message)
     with ExitStack() as stack:
         stream: TextIO = sys.stdout
         if out:
             tmp = stack.enter_context(atomic_write(out))
             stream = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
+        for folder, message in unlisted.items():
+            writer.failure(folder, message)
         answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
                                     stages=fmt == "jsonl" and not args.no_embedding)
         for answer in tqdm(answers, total=len(paths), desc="predict", unit="img",
@@ -108,7 +129,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=MODES, default=None,
                    help="fast: retrieval only; classic: subject, medium, artist, movement and a few flavours; "
                         "best: the full assembly (default); negative: print the negative prompt")
-    p.add_argument("--flavours", type=int, default=None, metavar="N",
+    p.add_argument("--flavours", type=bounded_int(0, 256), default=None, metavar="N",
                    help="most components the assembly may chain (default: the profile's)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call (decoding runs ahead in threads); results do not depend on it")

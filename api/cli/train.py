@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli.common import command, positive_int
+from api.cli.common import bounded_float, bounded_int, command, positive_int
 from retriever.errors import UnpromptError
 from retriever.heads.config import TrainConfig
 
@@ -37,11 +37,12 @@ def register(sub) -> None:
     p.add_argument("--image-column", default="image")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--out", default=None, help="head file (default: the profile's regress.head under $UNPROMPT_HOME)")
-    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="hidden width of a 2-layer MLP head (0 = linear)")
-    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction)
+    p.add_argument("--hidden", type=bounded_int(0, 65536), default=DEFAULTS.hidden, help="hidden width of a 2-layer MLP head (0 = linear)")
+    p.add_argument("--epochs", type=bounded_int(1, 100_000), default=DEFAULTS.epochs)
+    p.add_argument("--batch-size", type=bounded_int(1, 1 << 20), default=DEFAULTS.batch_size)
+    p.add_argument("--lr", type=bounded_float(0, 10, lo_open=True), default=DEFAULTS.lr, help="learning rate (0 to 10)")
+    p.add_argument("--val-fraction", type=bounded_float(0, 0.9), default=DEFAULTS.val_fraction,
+                   help="share of rows held out for validation (0 to 0.9)")
     p.add_argument("--patience", type=positive_int, default=DEFAULTS.patience,
                    help="epochs without validation gain before stopping")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=DEFAULTS.seed)
