@@ -39,7 +39,12 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._served = self._started_head = False
         self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._started_head = True
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -47,6 +52,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._served, self._started_head = True, False
         self._arm_head_timer()
 
     def _arm_head_timer(self) -> None:
@@ -62,7 +68,11 @@ class GuardedH11Protocol(H11Protocol):
     def _head_timeout(self) -> None:
         self._head_timer = None
         waiting = self.cycle is None or self.cycle.response_complete  # no request in progress: still in the head
-        if waiting and not self.transport.is_closing():
+        if not waiting or self.transport.is_closing():
+            return
+        if self._served and not self._started_head:  # an idle keep-alive connection: closed without a word
+            self.transport.close()
+        else:
             log.warning("request head timeout", extra={"fields": {"client": self.client, "s": self.header_timeout_s}})
             self.transport.write(_raw_response(408, "Request Timeout", "header_timeout",
                                                f"no complete request head within {self.header_timeout_s:g} s"))

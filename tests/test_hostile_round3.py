@@ -142,9 +142,10 @@ def _raw(port: int, payload: bytes, wait: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
-def _json_error(raw: bytes, status: int) -> str:
+def _json_error(raw: bytes, *statuses: int) -> str:
     head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(f"HTTP/1.1 {status}".encode()), raw[:200]
+    assert head[9:12] in [str(s).encode() for s in statuses], raw[:200]
+    status = int(head[9:12])
     assert b"content-type: application/json" in head.lower(), head
     r = httpx.Response(status, content=body, headers={"content-type": "application/json"})
     return assert_error_shape(r, status)["code"]
@@ -166,8 +167,11 @@ def test_every_answer_is_in_the_error_shape(guarded):
         files = [("files", (f"{i}.jpg", CAT, "image/jpeg")) for i in range(6)]
         assert assert_error_shape(c.post("/v1/interrogate/batch", files=files), 413)["code"] == "too_many_files"
     # what uvicorn answers itself, before the app
-    for payload in (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                    b"POST /v1/interrogate HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n",
+    long_url = _raw(port, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert _json_error(long_url, 400, 404) in ("bad_request", "not_found")  # h11 refuses it or the router does
+    trickled = b"GET /" + b"a" * 70_000  # a head over max_header_bytes that has not ended: uvicorn's own 400
+    assert _json_error(_raw(port, trickled), 400) == "bad_request"
+    for payload in (b"POST /v1/interrogate HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n",
                     b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
                     b"GE(T / HTTP/1.1\r\nHost: x\r\n\r\n"):
         assert _json_error(_raw(port, payload), 400) == "bad_request", payload[:40]
