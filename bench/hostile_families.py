@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,21 +25,10 @@ import httpx  # noqa: E402
 
 from hostile_formats import family_mutations  # noqa: E402
 from hostile_images import mutations  # noqa: E402
-from server import LiveServer  # noqa: E402
+from server import LiveServer, rss_mb  # noqa: E402
 
 EXAMPLES = REPO / "data_manifests" / "examples" / "images"
 GOODS = [(n, (EXAMPLES / n).read_bytes()) for n in ("cat.jpg", "coffee.jpg", "rocket.jpg")]
-
-
-def rss_mb() -> float:
-    total = 0
-    for pid in [str(p.pid) for p in multiprocessing.active_children()] + ["self"]:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
 
 
 def post(url: str, name: str, data: bytes) -> tuple[float, int, bool]:

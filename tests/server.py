@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import threading
 import time
@@ -35,3 +36,15 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process (a LiveServer runs in a thread of it) and its children (decode workers)."""
+    total = 0
+    for pid in [str(p.pid) for p in multiprocessing.active_children()] + ["self"]:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024

@@ -3,7 +3,6 @@ files, one file named twice, CSV quoting and formula cells, names with control c
 folders, long-format ids, empty cells, sources that keep no texts."""
 
 import csv
-import io
 import os
 import warnings
 
@@ -80,8 +79,10 @@ def test_predict_csv_quotes_names_neutralises_formulas_and_survives_an_unreadabl
         return real_list(folder)
 
     monkeypatch.setattr(predict, "list_images", list_images)
+    monkeypatch.chdir(images)  # names as given: a cell that starts with "=" or "@"
     out = tmp_path / "p.csv"
-    res = run_cli("predict", str(locked), str(images), "--format", "csv", "--out", str(out))
+    names = ["a\rb.jpg", "=HYPERLINK(1).jpg", "@sum.jpg", "bad\nname.png"]
+    res = run_cli("predict", str(locked), *names, "--format", "csv", "--out", str(out))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     errors = res.stderr.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("unprompt: error: ") for line in errors), errors
@@ -90,9 +91,9 @@ def test_predict_csv_quotes_names_neutralises_formulas_and_survives_an_unreadabl
         rows = list(csv.reader(f))
     assert rows[0] == ["image", "prompt", "negative_prompt", "error"] and len(rows) == 1 + 5  # 3 read back as 3
     cells = {restore_cell(r[0]): r for r in rows[1:]}
-    assert set(cells) == {str(locked), *(str(images / n) for n in
-                                          ("a\rb.jpg", "=HYPERLINK(1).jpg", "@sum.jpg", "bad\nname.png"))}
-    assert cells[str(images / "=HYPERLINK(1).jpg")][0].startswith("'") and cells[str(images / "=HYPERLINK(1).jpg")][1]
+    assert set(cells) == {str(locked), *names}
+    assert cells["=HYPERLINK(1).jpg"][0] == "'=HYPERLINK(1).jpg" and cells["=HYPERLINK(1).jpg"][1]
+    assert cells["@sum.jpg"][0] == "'@sum.jpg" and cells["a\rb.jpg"][0] == "a\rb.jpg"
     assert cells[str(locked)][3].startswith(str(locked)) and not cells[str(locked)][1]
 
 
