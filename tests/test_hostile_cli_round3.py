@@ -100,7 +100,7 @@ def test_predict_csv_quotes_names_neutralises_formulas_and_survives_an_unreadabl
 def test_formula_cells_round_trip_through_unprompts_own_tables(tmp_path):
     assert safe_cell("=1+1") == "'=1+1" and safe_cell("-x") == "'-x" and safe_cell("a=b") == "a=b"
     write_short(tmp_path / "p.csv", ["=cmd", "plain", "a\rb"], ["+prompt", "@x", "-neg"])
-    raw = (tmp_path / "p.csv").read_text()
+    raw = (tmp_path / "p.csv").read_bytes().decode()
     assert "'=cmd" in raw and "\n=" not in raw and '"a\rb"' in raw
     back = read_predictions(tmp_path / "p.csv")
     assert dict(zip(back.ids, back.prompts)) == {"=cmd": "+prompt", "plain": "@x", "a\rb": "-neg"}
