@@ -136,6 +136,6 @@ def test_a_source_that_keeps_no_texts_is_reported_and_skipped(tmp_path):
 def test_a_csv_source_missing_its_column_is_one_line(tmp_path):
     (tmp_path / "s.csv").write_text("caption\nhello\n")
     (tmp_path / "m.toml").write_text('name = "m"\n[[sources]]\nname = "s"\npath = "s.csv"\nkind = "caption"\n')
-    res = run_cli("build-index", str(tmp_path / "m.toml"), "--out", str(tmp_path / "out"), "--profile", "lite")
+    res = run_cli("build-index", str(tmp_path / "m.toml"), "--out", str(tmp_path / "out"), "--profile", "lite", "--quiet")
     message = clean_error(res)
     assert "column 'text' not found" in message and len(message.strip().splitlines()) == 1, message
