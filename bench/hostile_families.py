@@ -3,7 +3,8 @@ service beside three good requests; counts per family how many were tried and ho
 
 A case passes when the hostile request gets a 4xx in the error shape, the three good ones are answered 200
 within 2 s of their time alone, and the server's RSS (the server process and its decode workers) stays
-under 2 GB. The old families (PNG, JPEG, WebP, GIF mutations of tests/hostile_images.py) are counted too,
+under 2 GB (the sum of proportional set sizes: pages a forked worker shares with the server count once).
+A valid RLE BMP that decodes within the time limit may be answered 200. The old families (PNG, JPEG, WebP, GIF mutations of tests/hostile_images.py) are counted too,
 where a 200 for the hostile file is also a pass (a mutation may still be a valid image).
 
     .venv/bin/python bench/hostile_families.py [--per-family 20] [--decode-timeout 1.0] [--out bench/results/hostile_families.json]
@@ -53,7 +54,8 @@ def main() -> int:
     from retriever.pipeline import Interrogator
 
     settings = Settings(max_batch_size=8, max_wait_ms=20, decode_timeout_s=args.decode_timeout)
-    cases = [(f, n, d, False) for f, n, d in family_mutations(args.per_family)]
+    # RLE BMP is an accepted format: a mutation that still decodes within the time limit may be answered 200
+    cases = [(f, n, d, f == "bmp_rle") for f, n, d in family_mutations(args.per_family)]
     cases += [(n.split("-")[0], n, d, True) for n, d in mutations(args.old_per_format)]
     counts: dict[str, dict] = {}
     with LiveServer(create_app(settings, Interrogator.load("lite")), **uvicorn_options(settings)) as server, \
@@ -69,7 +71,7 @@ def main() -> int:
             c = counts.setdefault(family, {"tried": 0, "passed": 0, "statuses": {}, "failed": []})
             c["tried"] += 1
             c["statuses"][str(status)] = c["statuses"].get(str(status), 0) + 1
-            if ok_hostile and ok_goods and rss_mb() < 2048:
+            if ok_hostile and ok_goods and peak < 2048:
                 c["passed"] += 1
             else:
                 c["failed"].append({"case": name, "status": status, "goods_s": [round(t, 2) for t, _, _ in goods]})

@@ -39,12 +39,13 @@ class LiveServer:
 
 
 def rss_mb() -> float:
-    """Resident memory of this process (a LiveServer runs in a thread of it) and its children (decode workers)."""
+    """Memory of this process (a LiveServer runs in a thread of it) and its children (the decode workers), as
+    the sum of their proportional set sizes: a forked worker's pages shared with the server count once."""
     total = 0
     for pid in [str(p.pid) for p in multiprocessing.active_children()] + ["self"]:
         try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
         except (OSError, StopIteration):
             pass
     return total / 1024
