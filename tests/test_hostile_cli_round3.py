@@ -23,15 +23,15 @@ CAT = EXAMPLES / "cat.jpg"
 
 
 @pytest.mark.parametrize("args, says", [
-    (["score", "--truth", "t.csv", "--predictions", "t.csv", "--seed", "-1"], "from 0 to 4294967295, not -1"),
-    (["score", "--truth", "t.csv", "--predictions", "t.csv", "--bootstrap", "1000000000000"], "from 0 to 100000"),
-    (["eval", "t.csv", "--bootstrap", "-5"], "from 0 to 100000"),
+    (["score", "--truth", "t.csv", "--predictions", "t.csv", "--seed", "-1"], "must be at least 0, not -1"),
+    (["score", "--truth", "t.csv", "--predictions", "t.csv", "--bootstrap", "1000000000000"], "at most 100000"),
+    (["eval", "t.csv", "--bootstrap", "-5"], "at least 0, not -5"),
     (["build-index", "m.toml", "--out", "x", "--memory-budget", "inf"], "finite"),
     (["build-index", "m.toml", "--out", "x", "--memory-budget", "nan"], "finite"),
     (["train-regressor", "--prompts", "p.txt", "--lr", "-1"], "above 0"),
     (["train-regressor", "--prompts", "p.txt", "--val-fraction", "1.5"], "at most 0.9"),
-    (["train-regressor", "--prompts", "p.txt", "--hidden", "-3"], "from 0 to 65536"),
-    (["predict", "x.png", "--flavours", "-2"], "from 0 to 256"),
+    (["train-regressor", "--prompts", "p.txt", "--hidden", "-3"], "at least 0, not -3"),
+    (["predict", "x.png", "--flavours", "-2"], "at least 0, not -2"),
 ])
 def test_numeric_options_are_validated(args, says):
     res = run_cli(*args)

@@ -44,9 +44,10 @@ def bounded_int(lo: int, hi: int | None = None) -> Callable[[str], int]:
             n = int(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-        if n < lo or (hi is not None and n > hi):
-            raise argparse.ArgumentTypeError(f"must be {'at least ' + str(lo) if hi is None else f'from {lo} to {hi}'}"
-                                             f", not {n}")
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {n}")
+        if hi is not None and n > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, not {n}")
         return n
 
     parse.__name__ = "whole number"
