@@ -15,6 +15,7 @@ from api.app import create_app
 from api.connections import uvicorn_options
 from api.settings import Settings
 from conftest import EXAMPLES
+from hostile_images import _png_with_size
 from hostile_formats import FAMILIES, family_mutations, family_seeds, iptc
 from retriever.decode_pool import DecodePool, shared_pool
 from retriever.images import ImageLimits, ImageRejected, admit_image
@@ -49,11 +50,15 @@ def test_decoded_memory_is_checked_from_the_header_and_capped_in_the_worker():
     with pytest.raises(ImageRejected, match="needs 36000000 bytes") as err:
         admit_image(buf.getvalue(), ImageLimits(max_decode_bytes=10_000_000))
     assert err.value.reason == "too_large"
-    capped = DecodePool(1, memory_bytes=16 << 20)  # the address-space cap: the decoder's allocation fails
+    # the address-space cap: a 12000x12000 grey PNG (144 MB once allocated; the pixel and memory checks let it
+    # through here) cannot even be allocated in a worker capped at 64 MB over its start-up size (uncapped, its
+    # one-row payload would be refused as truncated instead)
+    roomy = ImageLimits(max_pixels=200_000_000, max_decode_bytes=1 << 30)
+    capped = DecodePool(1, memory_bytes=64 << 20)
     try:
         with pytest.raises(ImageRejected) as err:
-            capped.admit(buf.getvalue(), ImageLimits())
-        assert err.value.reason == "too_large"
+            capped.admit(_png_with_size(12000, 12000), roomy)
+        assert err.value.reason == "too_large", str(err.value)
         assert capped.admit(CAT).size == (320, 213)  # the worker lives on (or was replaced) for the next image
     finally:
         capped.close()
