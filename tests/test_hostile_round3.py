@@ -51,8 +51,8 @@ def test_decoded_memory_is_checked_from_the_header_and_capped_in_the_worker():
         admit_image(buf.getvalue(), ImageLimits(max_decode_bytes=10_000_000))
     assert err.value.reason == "too_large"
     # the address-space cap: a 12000x12000 grey PNG (144 MB once allocated; the pixel and memory checks let it
-    # through here) cannot even be allocated in a worker capped at 64 MB over its start-up size (uncapped, its
-    # one-row payload would be refused as truncated instead)
+    # through here; uncapped, it decodes to a blank image) cannot even be allocated in a worker capped at 64 MB
+    # over its start-up size
     roomy = ImageLimits(max_pixels=200_000_000, max_decode_bytes=1 << 30)
     capped = DecodePool(1, memory_bytes=64 << 20)
     try:
