@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import threading
 import time
 import warnings
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from retriever.images import ImageLimits, ImageRejected, admit_image, load_image
+from retriever.images import ImageLimits, ImageRejected, admit_image, read_image_file
 
 MiB = 1 << 20
 DEFAULT_WORKERS = 2
@@ -63,7 +64,8 @@ def _decode_task(source: bytes | str, limits: ImageLimits, name: str) -> tuple:
     """In a worker: ('ok', size, rgb bytes, ms) or ('refused', reason, message); never raises."""
     t0 = time.perf_counter()
     try:
-        img = admit_image(source, limits, name) if isinstance(source, bytes) else load_image(source, limits)
+        data = source if isinstance(source, bytes) else read_image_file(source, limits)
+        img = admit_image(data, limits, name)
         return "ok", img.size, img.tobytes(), (time.perf_counter() - t0) * 1000
     except ImageRejected as exc:
         return "refused", exc.reason, str(exc)
@@ -110,8 +112,8 @@ class DecodePool:
                name: str | None = None) -> "Future[Decoded]":
         """Admit bytes (or read and admit a file) in a worker; the future raises ImageRejected on refusal.
         Cancelling it while the decode runs stops the worker."""
-        source = source if isinstance(source, bytes) else str(source)
-        name = name or (source if isinstance(source, str) else "image")
+        name = name or (str(source) if not isinstance(source, bytes) else "image")
+        source = source if isinstance(source, bytes) else os.path.abspath(source)  # a worker's cwd is its own
         inner = self._get().schedule(_decode_task, args=(source, limits, name), timeout=limits.decode_seconds)
         outer: Future[Decoded] = Future()
 

@@ -104,6 +104,7 @@ def test_each_family_beside_three_good_requests(guarded):
     goods = [("cat.jpg", CAT), ("coffee.jpg", COFFEE), ("rocket.jpg", ROCKET)]
     with ThreadPoolExecutor(10) as pool:
         alone = max(t for t, _ in pool.map(lambda g: _post(guarded.url, *g), goods))
+        baseline = rss_mb()  # this test process holds other tests' models too: the server's own share is the growth
         hostile = [(f"{family}.bin", data) for family, (data, _) in family_seeds().items()]
         answers = list(pool.map(lambda g: _post(guarded.url, *g), [*hostile, *goods]))
         peak = rss_mb()
@@ -113,7 +114,7 @@ def test_each_family_beside_three_good_requests(guarded):
         assert code == ("too_slow" if name == "bmp_rle.bin" else "not_image"), (name, code)
     for seconds, r in answers[len(hostile):]:
         assert r.status_code == 200 and seconds < alone + 2, (seconds, alone, r.text)
-    assert peak < 2048, peak
+    assert peak - baseline < 1024, (peak, baseline)  # bench/hostile_families.py measures a server alone: 915 MB peak
 
 
 def _raw(port: int, payload: bytes, wait: float = 5.0) -> bytes:
