@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import swagger_ui_bundle
@@ -22,11 +21,12 @@ from api.deps import Service
 from api.errors import install_error_handlers
 from api.logs import configure
 from api.metrics import Metrics
-from api.middleware import BodySizeLimit, Observe
+from api.middleware import BodySizeLimit, ConcurrencyLimit, Observe
 from api.reload import Reloader
 from api.routes import DOCS_ASSETS, router
 from api.settings import Settings
 from retriever import __version__
+from retriever.decode_pool import shared_pool
 from retriever.feedback import FeedbackStore
 from retriever.pipeline import Interrogator
 
@@ -38,7 +38,7 @@ def default_batch_size() -> int:
 
 
 def _start(settings: Settings, metrics: Metrics, interrogator: Interrogator) -> Service:
-    decoder = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="unprompt-decode")
+    decoder = shared_pool(settings.decode_workers, settings.decode_memory_bytes)
     service = Service(interrogator, None, decoder, settings.image_limits())  # type: ignore[arg-type]
 
     def run(images, options):
@@ -71,7 +71,9 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
 
             loaded = await run_in_threadpool(
                 Interrogator.from_profile, load_profile(settings.profile), settings.verify_checksums)
-        service = app.state.service = _start(settings, metrics, loaded)
+        service = _start(settings, metrics, loaded)
+        await run_in_threadpool(service.decoder.warm)  # the decode workers start before the first request
+        app.state.service = service
         app.state.reloader = Reloader(service, metrics, log)
         watcher = asyncio.create_task(app.state.reloader.watch(settings.watch_interval_s)) \
             if settings.watch_indexes else None
@@ -81,18 +83,18 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
         if watcher:
             watcher.cancel()
         app.state.service = None
-        await service.batcher.stop()
-        service.decoder.shutdown(wait=False, cancel_futures=True)
+        await service.batcher.stop()  # the decode pool is the process's: it stops when the process exits
 
     app = FastAPI(title="unprompt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Recover the prompt behind an image. POST an image to /v1/interrogate.")
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
     app.state.settings, app.state.metrics, app.state.service = settings, metrics, None
     app.state.feedback = FeedbackStore(keep_images=settings.feedback_keep_images)
-    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes, timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
     app.add_middleware(Observe, metrics=metrics, log=log)  # added last: outermost, sees every response
     install_error_handlers(app, metrics)
     app.include_router(router)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fastapi import Depends, Header, Request
 from PIL import Image
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from api.batcher import MicroBatcher
 from api.errors import Refused
 from api.settings import Settings
-from retriever.images import ImageLimits, ImageRejected, admit_image
+from retriever.decode_pool import DecodePool
+from retriever.images import ImageLimits, ImageRejected
 from retriever.metadata import GenerationMetadata, read_metadata
 from retriever.pipeline import Interrogator
 
@@ -29,7 +30,7 @@ class Service:
 
     interrogator: Interrogator
     batcher: MicroBatcher
-    decoder: ThreadPoolExecutor  # bounded: at most settings.decode_workers images decode at once
+    decoder: DecodePool  # worker processes: at most settings.decode_workers images decode at once, each timed
     limits: ImageLimits
 
 
@@ -53,14 +54,16 @@ async def read_uploads(request: Request, settings: Settings, many: bool) -> list
     """(file name, bytes) of each uploaded image: multipart parts, or (single endpoint) the raw body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=settings.max_batch_images + 1, max_fields=20,
-                                  max_part_size=settings.max_upload_bytes)
+        most = settings.max_batch_images if many else 1
+        try:
+            form = await request.form(max_files=most, max_fields=20, max_part_size=settings.max_upload_bytes)
+        except HTTPException as exc:  # Starlette stops parsing at the first part over max_files
+            if "too many files" in str(exc.detail).lower():
+                raise Refused("too_many_files", f"at most {most} file(s) per request") from None
+            raise
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
             raise Refused("missing_file", "multipart request has no file part (use the field 'file')")
-        most = settings.max_batch_images if many else 1
-        if len(files) > most:
-            raise Refused("too_many_files", f"at most {most} file(s) per request")
         return [(f.filename or "upload", await f.read()) for f in files]
     if many:
         raise Refused("content_type", "the batch endpoint takes multipart/form-data with one part per image")
@@ -70,10 +73,11 @@ async def read_uploads(request: Request, settings: Settings, many: bool) -> list
 
 
 async def admit(service: Service, name: str, data: bytes) -> Image.Image:
-    """Decode in the bounded pool; a refusal becomes the matching 4xx."""
-    loop = asyncio.get_running_loop()
+    """Decode in the worker processes, under the time and memory limits; a refusal becomes the matching 4xx.
+    A request cancelled meanwhile (shutdown) cancels its decode, which stops that worker."""
     try:
-        return await loop.run_in_executor(service.decoder, admit_image, data, service.limits, name)
+        image, _ = await asyncio.wrap_future(service.decoder.submit(data, service.limits, name))
+        return image
     except ImageRejected as exc:
         raise Refused(exc.reason, str(exc)) from None
 

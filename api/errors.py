@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,14 +15,15 @@ from api.schemas import ErrorOut
 
 # refusal reason -> HTTP status
 STATUS = {"empty": 400, "corrupt": 400, "bad_shape": 400, "not_image": 415, "too_many_pixels": 413,
-          "too_large": 413, "content_type": 415, "missing_file": 422, "too_many_files": 413, "unauthorized": 401,
-          "not_ready": 503, "reload_refused": 409, "bad_feedback": 422,
-          "feedback_unavailable": 503}
-# what Starlette's own HTTP errors (routing, multipart parsing) are called in the error body
-HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-              415: "content_type", 422: "invalid_request"}
+          "too_large": 413, "too_slow": 413, "content_type": 415, "missing_file": 422, "too_many_files": 413,
+          "unauthorized": 401, "body_timeout": 408, "not_ready": 503, "busy": 503, "shutting_down": 503,
+          "reload_refused": 409, "bad_feedback": 422, "feedback_unavailable": 503}
+# what other HTTP errors (routing, multipart parsing, CORS, static files, uvicorn's own) are called in the body
+HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
+              413: "too_large", 415: "content_type", 416: "range_not_satisfiable", 422: "invalid_request",
+              500: "internal", 503: "unavailable"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 413, 415, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 408, 409, 413, 415, 422, 503)
 }
 
 
@@ -34,6 +36,11 @@ class Refused(StarletteHTTPException):
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The error shape's bytes, for the places that write a response without Starlette (the HTTP protocol)."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

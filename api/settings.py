@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retriever.images import ImageLimits
+from retriever.decode_pool import DEFAULT_MEMORY_BYTES, DEFAULT_WORKERS
+from retriever.images import DEFAULT_FORMATS, ImageLimits
 
 _IMAGE = ImageLimits()
 
@@ -15,12 +16,33 @@ class Settings(BaseSettings):
 
     profile: str | None = Field(default=None, description="profile name or path (default: lite)")
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
     max_upload_bytes: int = Field(default=_IMAGE.max_bytes, ge=1, description="largest request body accepted")
     max_pixels: int = Field(default=_IMAGE.max_pixels, ge=1, description="largest image (width x height) decoded")
     max_aspect: float = Field(default=_IMAGE.max_aspect, ge=1, description="largest ratio of long to short side")
     max_batch_images: int = Field(default=32, ge=1, description="images in one /v1/interrogate/batch request")
-    decode_workers: int = Field(default=2, ge=1, description="images decoded at once (bounds decode memory)")
+    formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS),
+                               description="image formats accepted (Pillow's names); the rest get 415 not_image")
+    max_decode_bytes: int = Field(default=_IMAGE.max_decode_bytes, ge=1,
+                                  description="memory the decoded image may take, from its header, before decoding")
+    decode_workers: int = Field(default=DEFAULT_WORKERS, ge=1,
+                                description="decode worker processes: images decoded at once (bounds decode memory)")
+    decode_timeout_s: float = Field(default=_IMAGE.decode_seconds, gt=0, le=3600,
+                                    description="wall-clock limit of one decode; past it the worker is stopped and "
+                                                "the image gets 413 too_slow")
+    decode_memory_bytes: int = Field(default=DEFAULT_MEMORY_BYTES, ge=0,
+                                     description="address space each decode worker may add over its start-up size "
+                                                 "(RLIMIT_AS; 0: no cap)")
+    max_concurrent_requests: int = Field(default=64, ge=1,
+                                         description="requests in progress at once; past it, 503 busy (JSON)")
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600,
+                                    description="a connection must send a complete request head within this time "
+                                                "(of opening, or of its last response); else 408 and closed")
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600,
+                                  description="a request body must arrive in full within this time; else 408")
+    keep_alive_s: int = Field(default=5, ge=1, le=3600, description="idle keep-alive connections close after this")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1 << 20,
+                                  description="largest request head (request line and headers); past it, 400")
     api_key: SecretStr | None = Field(default=None, description="if set, /v1/* needs X-API-Key or a Bearer token")
     cors_origins: list[str] = Field(default_factory=list, description='e.g. ["https://example.com"]')
     batching: bool = Field(default=True, description="gather concurrent requests into one model batch")
@@ -47,5 +69,21 @@ class Settings(BaseSettings):
             raise ValueError("UNPROMPT_API_KEY is set but empty: unset it to serve without a key, or give a key")
         return v
 
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from PIL import Image
+
+        Image.init()
+        names = [f.strip().upper() for f in v]
+        unknown = [f for f in names if f not in Image.OPEN]
+        if unknown:
+            raise ValueError(f"formats Pillow cannot read here: {', '.join(unknown)}; known: {', '.join(sorted(Image.OPEN))}")
+        if not names:
+            raise ValueError("at least one format must be accepted")
+        return names
+
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels, max_aspect=self.max_aspect)
+        return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels, max_aspect=self.max_aspect,
+                           formats=tuple(self.formats), max_decode_bytes=self.max_decode_bytes,
+                           decode_seconds=self.decode_timeout_s)

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from index_build.manifest import Manifest
 from index_build.options import BuildOptions
 from index_build.read import SourceTexts, read_manifest
 from retriever.encoders.base import TextEncoder, l2_normalize
-from retriever.errors import ManifestError, UnpromptError
+from retriever.errors import ManifestError, UnpromptError, UnpromptWarning
 from retriever.index_files import BuildRecord, IndexWriter, SourceEntry
 
 SHARD_DIR = ".shards"
@@ -88,7 +89,7 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
     with _exclusive(out):
         stage("read")
         t = time.perf_counter()
-        sources = read_manifest(manifest, out / TEXT_DIR, opts.shard_size, opts.progress)
+        sources = _drop_empty(read_manifest(manifest, out / TEXT_DIR, opts.shard_size, opts.progress))
         timings["read_s"] = time.perf_counter() - t
         # rows grouped by kind, in the order kinds first appear in the manifest
         kinds: list[str] = list(dict.fromkeys(st.source.kind for st in sources))
@@ -171,6 +172,16 @@ def build_index(manifest: Manifest, encoder: TextEncoder, out: str | Path, optio
         ), keep_dirs=_work_in_use(shard_root, ordered, [encoder, *rerank_encoders]))
         stage("done")
         return BuildReport(out, record, embedded, choice, timings)
+
+
+def _drop_empty(sources: list[SourceTexts]) -> list[SourceTexts]:
+    """Sources that kept texts; each one that kept none (all blocked, empty, too long, or already given by an
+    earlier source) is reported as a warning and left out of the index, before anything is embedded."""
+    for st in sources:
+        if st.count == 0:
+            warnings.warn(UnpromptWarning(f"source {st.source.name!r} keeps no texts after filtering and "
+                                          f"deduplication; it is left out of the index"), stacklevel=2)
+    return [st for st in sources if st.count]
 
 
 def _write_rows(path: Path, n: int, dim: int, blocks: Iterator[np.ndarray]) -> None:

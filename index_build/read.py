@@ -164,7 +164,8 @@ def _batches(frame: pl.LazyFrame, source: Source) -> Iterator[pl.DataFrame]:
     try:
         yield from frame.collect_batches(chunk_size=BATCH_ROWS)
     except pl.exceptions.ColumnNotFoundError as exc:
-        raise ManifestError(f"source {source.name!r}: column {source.column!r} not found ({exc})") from None
+        raise ManifestError(f"source {source.name!r}: column {source.column!r} not found "
+                            f"({str(exc).strip().splitlines()[0]})") from None
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise ManifestError(f"source {source.name!r}: cannot read ({str(exc).splitlines()[0]})") from None
 

@@ -1,12 +1,13 @@
-"""Feed images to the interrogator in batches: decoding runs in a thread pool ahead of the model.
+"""Feed images to the interrogator in batches: decoding runs in worker processes ahead of the model.
 
 ``interrogate_files`` is the one batched path of ``predict``, ``submit`` and ``eval``: files are read and
-admitted (``retriever.images``) by ``workers`` threads up to ``ahead`` batches before the model needs them
+admitted (``retriever.images``) by ``workers`` decode processes (``retriever.decode_pool``: the service's
+time and memory limits hold here too) up to ``ahead`` batches before the model needs them
 (measured on 2 CPU cores at batch 32: 71-72 images/s against 64-67 decoding inline, tiny-CLIP kaggle profile;
 on a GPU the model's time hides the decoding entirely); each batch goes through ``Interrogator.interrogate_batch``
 once.
-Each file is read once: its bytes are admitted and searched for a recorded prompt (``retriever.metadata``,
-unless ``metadata=False``), which the pipeline then answers with.
+Each admitted file's bytes are also searched for a recorded prompt (``retriever.metadata``, unless
+``metadata=False``: bounded, and far cheaper than the decode), which the pipeline then answers with.
 A batch the model cannot finish (an image that needs too much memory) is retried image by image, so one bad
 image costs only its own answer.
 """
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from PIL import Image
 
+from retriever.decode_pool import DEFAULT_WORKERS, shared_pool
 from retriever.errors import UnpromptError
 from retriever.images import ImageLimits, admit_image, read_image_file
 from retriever.metadata import GenerationMetadata, read_metadata
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from retriever.profile import Mode
 
 DEFAULT_BATCH_SIZE = 16
-DECODE_WORKERS = 2
+DECODE_WORKERS = DEFAULT_WORKERS
 
 
 @dataclass
@@ -65,28 +67,42 @@ def _decode(path: str, limits: ImageLimits, metadata: bool = True) -> Decoded:
     return Decoded(path, image, decode_ms=(time.perf_counter() - t0) * 1000, recorded=recorded)
 
 
+def _collect(path: str, future: "Future", limits: ImageLimits, metadata: bool) -> Decoded:
+    try:
+        image, ms = future.result()
+        recorded = read_metadata(read_image_file(path, limits)) if metadata else None
+    except UnpromptError as exc:
+        return Decoded(path, error=str(exc))
+    return Decoded(path, image, decode_ms=ms, recorded=recorded)
+
+
 def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
                     limits: ImageLimits = ImageLimits(), workers: int = DECODE_WORKERS,
                     ahead: int = 2, metadata: bool = True) -> Iterator[list[Decoded]]:
     """Batches of decoded images in input order, decoding up to ``ahead`` batches ahead of the consumer in
-    ``workers`` threads (0: each batch is decoded when it is asked for); ``metadata``: read recorded prompts."""
+    ``workers`` decode processes (0: each batch is decoded here when it is asked for, without a time limit);
+    ``metadata``: read recorded prompts (from the file's bytes, here: bounded and far cheaper than the decode)."""
     batch_size = max(1, batch_size)
     if workers <= 0:
         for start in range(0, len(paths), batch_size):
             yield [_decode(str(p), limits, metadata) for p in paths[start : start + batch_size]]
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="unprompt-decode") as pool:
-        pending: deque[Future[Decoded]] = deque()
-        todo = iter(str(p) for p in paths)
-        window = batch_size * (ahead + 1)
+    pool = shared_pool(workers)
+    pending: deque[tuple[str, Future]] = deque()
+    todo = iter(str(p) for p in paths)
+    window = batch_size * (ahead + 1)
+    try:
         while True:
             for path in todo:
-                pending.append(pool.submit(_decode, path, limits, metadata))
+                pending.append((path, pool.submit(path, limits)))
                 if len(pending) >= window:
                     break
             if not pending:
                 return
-            yield [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            yield [_collect(*pending.popleft(), limits, metadata) for _ in range(min(batch_size, len(pending)))]
+    finally:  # the consumer stopped early (an error, Ctrl-C): decodes not yet wanted are dropped
+        for _, future in pending:
+            future.cancel()
 
 
 def interrogate_files(interrogator: "Interrogator", paths: Sequence[str | Path],

@@ -15,6 +15,18 @@ from typing import Iterator
 from retriever.errors import UnpromptError
 
 TMP_SUFFIX = ".tmp"
+# a CSV cell starting with one of these runs as a formula in spreadsheets (OWASP "CSV injection")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """A text cell for a CSV file: one that starts like a formula gets a leading apostrophe."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def restore_cell(text: str) -> str:
+    """:func:`safe_cell` undone (tables read back unprompt's own CSV files with their original texts)."""
+    return text[1:] if text.startswith("'") and text[1:2] and text[1:2] in "".join(FORMULA_PREFIXES) else text
 
 
 def tmp_name(path: Path) -> Path:
@@ -59,12 +71,31 @@ def _writable_folder(folder: Path, what: str) -> None:
 
 
 def check_output_file(path: str | Path, what: str = "output") -> Path:
-    """Refuse, before any work, an output file that could not be written: a folder, or a missing folder."""
+    """Refuse, before any work, an output file that could not be written or should not be replaced: a folder,
+    a missing folder, or anything that is not a regular file (a device such as /dev/null, a FIFO, a socket, a
+    symbolic link: the atomic rename would put a regular file in its place)."""
     p = Path(path).expanduser()
+    if p.is_symlink():
+        raise UnpromptError(f"{what}: {p} is a symbolic link; give the path of a regular file")
     if p.is_dir():
         raise UnpromptError(f"{what}: {p} is a folder; give a file name")
+    if p.exists() and not p.is_file():
+        raise UnpromptError(f"{what}: {p} exists and is not a regular file (a device, FIFO or socket); "
+                            f"give the path of a regular file or a new one")
     _writable_folder(p.parent if str(p.parent) else Path("."), what)
     return p
+
+
+def check_distinct_outputs(outputs: dict[str, str | Path | None]) -> None:
+    """Refuse one file named for two outputs (the second write would replace the first)."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise UnpromptError(f"{seen[key]} and {what} name the same file ({path}); give two different files")
+        seen[key] = what
 
 
 def check_output_dir(path: str | Path, what: str = "output folder") -> Path:

@@ -1,12 +1,22 @@
 """Image admission: untrusted bytes -> a bounded RGB image, or a clear refusal.
 
-One function, :func:`admit_image`, is used by the command line and the service alike. Every
-failure to decode becomes an :class:`ImageRejected` with a ``reason`` (never a bare Pillow
-error), and nothing is decoded before its size, side lengths and aspect ratio are checked:
+One function, :func:`admit_image`, is used by the command line and the service alike (both run it in
+the worker processes of ``retriever.decode_pool``, where a wall-clock limit and a memory limit hold; the
+Python API runs it in its own process). Every failure to decode becomes an :class:`ImageRejected` with a
+``reason`` (never a bare Pillow error), and nothing is decoded before its format, size, side lengths,
+aspect ratio and memory are checked:
 
+* ``formats``: the allow-list (:data:`DEFAULT_FORMATS`: PNG, JPEG, WebP, GIF, BMP, TIFF, and AVIF/HEIF
+  where Pillow has the plugin). Only these plugins are even tried, so ICO, IPTC, BLP, PBM/PPM, FITS,
+  QOI, JPEG 2000 and the rest are refused before any of their (sometimes pure-Python, sometimes
+  payload-hiding) decoders run;
 * ``max_bytes``: the encoded file or upload;
 * ``max_pixels`` and ``max_aspect``: checked from the header, before any pixel is decoded
   (a 105-byte 200000x1 PNG would otherwise cost about 40 GB once a model resizes it);
+* ``max_decode_bytes``: what the decoded image will take in memory, from its header;
+* after the decode, the size actually produced is checked again, before any conversion (a container
+  whose header lies, like IPTC's 10x10 holding a 200000x1 PNG, is refused there);
+* ``decode_seconds``: the wall-clock limit the decode pool enforces (a thread cannot be stopped);
 * ``working_side``: decoded images are brought down to this longest side at once (JPEGs are
   decoded at reduced scale in the first place), so 16-bit and 32-bit images convert to 8 bits
   on a small image, without a float64 copy of the full one.
@@ -14,18 +24,39 @@ error), and nothing is decoded before its size, side lengths and aspect ratio ar
 
 from __future__ import annotations
 
+import importlib.util
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from retriever.errors import ImageError
 
 MiB = 1 << 20
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+def _default_formats() -> tuple[str, ...]:
+    """The formats users send; AVIF and HEIF only where a plugin can read them."""
+    formats = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+    if features.check("avif"):
+        formats.append("AVIF")
+    if importlib.util.find_spec("pillow_heif") is not None:  # pragma: no cover - not installed here
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        formats.append("HEIF")
+    return tuple(formats)
+
+
+DEFAULT_FORMATS = _default_formats()
+# what Pillow calls a format once open, for each allowed name (a multi-picture JPEG opens as MPO)
+_ALSO = {"JPEG": ("MPO",)}
+_SUFFIXES = {"PNG": (".png", ".apng"), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "WEBP": (".webp",),
+             "GIF": (".gif",), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"), "AVIF": (".avif",),
+             "HEIF": (".heic", ".heif")}
+IMAGE_SUFFIXES = frozenset(s for f in DEFAULT_FORMATS for s in _SUFFIXES.get(f, ()))
 
 
 @dataclass(frozen=True)
@@ -36,15 +67,22 @@ class ImageLimits:
     max_pixels: int = 50_000_000  # about 7000 x 7000
     max_aspect: float = 20.0  # longest side over shortest side
     working_side: int = 1024  # longest side kept after decoding; the models look at 224-260 pixels
+    formats: tuple[str, ...] = DEFAULT_FORMATS  # Pillow format names; everything else is not_image
+    max_decode_bytes: int = 512 * MiB  # the decoded image's own memory, from its header (50 Mpx RGBA: 200 MB)
+    decode_seconds: float = 10.0  # wall-clock limit of one decode in the decode pool
 
 
 class ImageRejected(ImageError):
     """Why an image was refused. ``reason`` is one of: empty, missing, unreadable, not_image, corrupt,
-    too_large (bytes, or memory to process), too_many_pixels, bad_shape (aspect ratio or a zero side)."""
+    too_large (bytes, or memory to process), too_many_pixels, bad_shape (aspect ratio or a zero side),
+    too_slow (the decode ran past its time limit)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self):  # crosses process boundaries (the decode pool) with its reason
+        return (self.__class__, (self.reason, str(self)))
 
 
 def _shrink(img: Image.Image, side: int) -> Image.Image:
@@ -91,12 +129,42 @@ def _check_shape(width: int, height: int, limits: ImageLimits, name: str) -> Non
                          f"{limits.max_aspect:g}:1")
 
 
+def _pixel_bytes(mode: str) -> int:
+    """Bytes per pixel in Pillow's memory (multi-band images take 4, whatever their band count)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _check_format(img: Image.Image, limits: ImageLimits, name: str) -> None:
+    allowed = {f for f in limits.formats for f in (f, *_ALSO.get(f, ()))}
+    if img.format not in allowed:
+        raise ImageRejected("not_image", f"{name}: {img.format} images are not accepted; send one of "
+                                         f"{', '.join(limits.formats)}")
+
+
+def _check_memory(img: Image.Image, limits: ImageLimits, name: str) -> None:
+    need = img.width * img.height * _pixel_bytes(img.mode)
+    if need > limits.max_decode_bytes:
+        raise ImageRejected("too_large", f"{name}: decoding {img.width}x{img.height} {img.mode} needs {need} bytes, "
+                                         f"over the limit of {limits.max_decode_bytes}")
+
+
 def _decode(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
+    img = Image.open(io.BytesIO(data), formats=list(limits.formats))
+    _check_format(img, limits, name)
     _check_shape(*img.size, limits, name)
     img.draft("RGB", (limits.working_side, limits.working_side))  # JPEG: decode at reduced scale
+    _check_memory(img, limits, name)
     img.seek(0)  # animated images: the first frame
     img.load()
+    produced = img.im.size  # what the decoder made: a container's header may have said something else
+    if produced != img.size:
+        raise ImageRejected("corrupt", f"{name}: the header says {img.width}x{img.height} but the decoder made "
+                                       f"{produced[0]}x{produced[1]}")
+    _check_shape(*produced, limits, name)
     img = _shrink(img, limits.working_side)  # first: every later step copies, and copies of a small image are cheap
     try:
         img = ImageOps.exif_transpose(img)
@@ -111,21 +179,23 @@ def admit_image(data: bytes, limits: ImageLimits = ImageLimits(), name: str = "i
         raise ImageRejected("empty", f"{name}: the file is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageRejected("too_large", f"{name}: {len(data)} bytes is over the limit of {limits.max_bytes}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return _decode(data, limits, name)
-        except ImageRejected:
-            raise
-        except UnidentifiedImageError:
-            raise ImageRejected("not_image", f"{name}: not an image file PIL can read") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageRejected("too_many_pixels", f"{name}: image has too many pixels") from None
-        except MemoryError:
-            raise ImageRejected("too_large", f"{name}: image needs too much memory to decode") from None
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad bytes
-            detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
-            raise ImageRejected("corrupt", f"{name}: truncated or corrupt image ({detail})") from None
+    # Pillow's own bomb check (a warning, then an error, past Image.MAX_IMAGE_PIXELS) runs at open, before
+    # ours; the pixel limit above is the one that decides, so no warnings filter is touched here (filters
+    # are process-global, and decoding threads would race on them)
+    try:
+        return _decode(data, limits, name)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected("not_image", f"{name}: not an image file in an accepted format "
+                                         f"({', '.join(limits.formats)})") from None
+    except Image.DecompressionBombError:
+        raise ImageRejected("too_many_pixels", f"{name}: image has too many pixels") from None
+    except MemoryError:
+        raise ImageRejected("too_large", f"{name}: image needs too much memory to decode") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad bytes
+        detail = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        raise ImageRejected("corrupt", f"{name}: truncated or corrupt image ({detail})") from None
 
 
 def read_image_file(path: str | Path, limits: ImageLimits = ImageLimits()) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import threading
 import time
@@ -35,3 +36,16 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def rss_mb() -> float:
+    """Memory of this process (a LiveServer runs in a thread of it) and its children (the decode workers), as
+    the sum of their proportional set sizes: a forked worker's pages shared with the server count once."""
+    total = 0
+    for pid in [str(p.pid) for p in multiprocessing.active_children()] + ["self"]:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024

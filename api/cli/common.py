@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tomllib
 from functools import lru_cache
@@ -24,36 +25,59 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32) if chr(i) not in "\t"} | {10: "\\n", 13: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """Control characters (a file name's newline, say) escaped: one message stays one line."""
+    return text.translate(_CONTROL)
+
+
 def err(msg: str) -> None:
-    print(f"unprompt: error: {msg}", file=sys.stderr)
+    print(f"unprompt: error: {one_line(msg)}", file=sys.stderr)
 
 
-def _whole(value: str, least: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < least:
-        raise argparse.ArgumentTypeError(f"must be at least {least}, not {n}")
-    return n
+def bounded_int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` to ``hi`` (no upper bound when None)."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {n}")
+        if hi is not None and n > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, not {n}")
+        return n
+
+    parse.__name__ = "whole number"
+    return parse
 
 
-def positive_int(value: str) -> int:
-    return _whole(value, 1)
+positive_int = bounded_int(1)
+non_negative_int = bounded_int(0)
 
 
-def non_negative_int(value: str) -> int:
-    return _whole(value, 0)
+def bounded_float(lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above (or from) ``lo`` and up to ``hi``; never nan or inf."""
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not math.isfinite(x):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {value}")
+        if (x <= lo if lo_open else x < lo) or (hi is not None and x > hi):
+            bound = f"above {lo:g}" if lo_open else f"at least {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}" + (f" and at most {hi:g}" if hi is not None else "")
+                                             + f", not {value}")
+        return x
+
+    parse.__name__ = "number"
+    return parse
 
 
-def positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
-    return x
+positive_float = bounded_float(0, lo_open=True)
 
 
 @lru_cache(maxsize=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from api.cli.common import command, positive_float, positive_int
-from retriever.errors import UnpromptError
+from api.cli.common import bounded_float, bounded_int, command, positive_int
 from index_build.options import GiB, BuildOptions
+from retriever.errors import UnpromptError
 
 DEFAULTS = BuildOptions()
 
@@ -127,17 +127,17 @@ def register(sub) -> None:
     p.add_argument("--rollback", action="store_true",
                    help="return the index in --out to the generation its last --append extended")
     p.add_argument("--out", required=True, help="index directory to write (shards are kept inside for resume)")
-    p.add_argument("--shard-size", type=positive_int, default=DEFAULTS.shard_size, help="texts per embedding shard")
-    p.add_argument("--memory-budget", type=positive_float, default=DEFAULTS.memory_budget / GiB,
+    p.add_argument("--shard-size", type=bounded_int(1, 1 << 24), default=DEFAULTS.shard_size, help="texts per embedding shard")
+    p.add_argument("--memory-budget", type=bounded_float(0, 1 << 20, lo_open=True), default=DEFAULTS.memory_budget / GiB,
                    help="GiB the index may take in memory")
     p.add_argument("--exact-max", type=positive_int, default=DEFAULTS.exact_max,
                    help="largest count served by exact search")
     p.add_argument("--factory", default=None, help="FAISS factory string, overriding the automatic choice")
-    p.add_argument("--pca", type=positive_int, default=None, help="reduce dimensions with PCA before IVF-PQ")
+    p.add_argument("--pca", type=bounded_int(1, 65536), default=None, help="reduce dimensions with PCA before IVF-PQ")
     p.add_argument("--opq", action="store_true", help="rotate with OPQ before PQ")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="embed on Ray: a cluster address, or nothing for a local Ray instance")
-    p.add_argument("--ray-actors", type=positive_int, default=2, help="encoder actors (each loads the model once)")
+    p.add_argument("--ray-actors", type=bounded_int(1, 4096), default=2, help="encoder actors (each loads the model once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(sub, "verify", run_verify, profile=False)

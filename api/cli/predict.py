@@ -10,10 +10,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from api.cli.common import command, err, non_negative_int, positive_int
+from api.cli.common import bounded_int, command, err, positive_int
 from retriever.errors import UnpromptError
+from retriever.files import safe_cell
 from retriever.feed import DEFAULT_BATCH_SIZE
-from retriever.images import IMAGE_SUFFIXES, ImageLimits, list_images
+from retriever.images import IMAGE_SUFFIXES, ImageLimits, ImageRejected, list_images
 from retriever.profile import MODES
 
 LIMITS = ImageLimits()
@@ -21,20 +22,30 @@ FORMATS = ("text", "tsv", "csv", "jsonl")
 SIDECARS = ("txt", "json")
 
 
-def expand(inputs: list[str], recursive: bool = False) -> list[str]:
+def expand(inputs: list[str], recursive: bool = False) -> tuple[list[str], dict[str, str]]:
     """Files as given; a folder stands for its image files, sorted by name (with ``recursive``, those of
-    every folder below it too, each folder's files sorted by path). Subfolders left out are named on stderr."""
+    every folder below it too, each folder's files sorted by path). Subfolders left out are named on stderr.
+    A folder that cannot be listed (no permission, no images) is an error of its own: (paths, {folder:
+    message}); the other inputs go on."""
     out: list[str] = []
+    errors: dict[str, str] = {}
     for item in inputs:
         if not Path(item).is_dir():
             out.append(item)
             continue
-        files, skipped = walk_images(Path(item), recursive)
+        try:
+            files, skipped = walk_images(Path(item), recursive)
+        except ImageRejected as exc:
+            errors[item] = str(exc)
+            continue
+        except OSError as exc:
+            errors[item] = f"{item}: cannot list the folder ({exc.strerror or exc})"
+            continue
         if skipped:
             print(f"unprompt: note: {item}: {skipped} subfolder(s) not read; add --recursive to caption them too",
                   file=sys.stderr)
         out.extend(str(f) for f in files)
-    return out
+    return out, errors
 
 
 def walk_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
@@ -86,7 +97,9 @@ class Writer:
 
     def __init__(self, stream: TextIO, fmt: str, with_embedding: bool, top: int) -> None:
         self.stream, self.fmt, self.with_embedding, self.top = stream, fmt, with_embedding, top
-        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        # RFC 4180: CRLF between records, so a CR or LF inside a cell is always quoted; cells that a spreadsheet
+        # would run as a formula get a leading apostrophe (retriever.files.safe_cell)
+        self.csv = csv.writer(stream, lineterminator="\r\n") if fmt == "csv" else None
         if self.csv:
             self.csv.writerow(["image", "prompt", "negative_prompt", "error", "source", "generator"])
 
@@ -94,7 +107,8 @@ class Writer:
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, **result.as_dict(self.with_embedding, self.top), **extra}))
         elif self.csv:
-            self.csv.writerow([path, result.prompt, result.negative_prompt, "", result.source, result.generator or ""])
+            self.csv.writerow(map(safe_cell, [path, result.prompt, result.negative_prompt, "", result.source,
+                                              result.generator or ""]))
         else:
             self._line(f"{_one_line(path)}\t{_one_line(result.prompt)}" if self.fmt == "tsv" else _one_line(result.prompt))
         self.stream.flush()
@@ -103,7 +117,7 @@ class Writer:
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, "error": message}))
         elif self.csv:
-            self.csv.writerow([path, "", "", message, "", ""])
+            self.csv.writerow(map(safe_cell, [path, "", "", message, "", ""]))
         else:
             self._line(f"{_one_line(path)}\t" if self.fmt == "tsv" else "")
         self.stream.flush()
@@ -124,25 +138,30 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = "jsonl" if args.json else args.format
     out = check_output_file(args.out, "--out") if args.out else None
-    paths = expand(args.images, args.recursive)
+    paths, unlisted = expand(args.images, args.recursive)
     if args.sidecar:
         paths, skipped = plan_sidecars(paths, args.sidecar, args.overwrite)
         if skipped:
             print(f"unprompt: note: {skipped} image(s) already have a .{args.sidecar} caption, skipped "
                   "(--overwrite to caption them again)", file=sys.stderr)
-        if not paths:
+        if not paths and not unlisted:
             return 0
     if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
-        raise UnpromptError("no image to read: " + ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
+        named = [*unlisted.values(), *paths]
+        raise UnpromptError("no image to read: " + "; ".join(named[:5]) + (" ..." if len(named) > 5 else ""))
     interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
-    failures = 0
+    failures = len(unlisted)
+    for message in unlisted.values():
+        err(message)
     with ExitStack() as stack:
         stream: TextIO = sys.stdout
         if out:
             tmp = stack.enter_context(atomic_write(out))
             stream = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
+        for folder, message in unlisted.items():
+            writer.failure(folder, message)
         answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
                                     stages=fmt == "jsonl" and not args.no_embedding, metadata=not args.no_metadata)
         for answer in progress(answers, len(paths), "predict"):
@@ -172,7 +191,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=MODES, default=None,
                    help="fast: retrieval only; classic: subject, medium, artist, movement and a few flavours; "
                         "best: the full assembly (default); negative: print the negative prompt")
-    p.add_argument("--flavours", type=non_negative_int, default=None, metavar="N",
+    p.add_argument("--flavours", type=bounded_int(0, 256), default=None, metavar="N",
                    help="most components the assembly may chain, 0 or more (default: the mode's)")
     p.add_argument("--recursive", "-r", action="store_true", help="caption the images of every subfolder too")
     p.add_argument("--sidecar", choices=SIDECARS, default=None,

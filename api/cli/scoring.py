@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from api.cli.common import command, positive_int
+from api.cli.common import bounded_int, command, positive_int
 from retriever.evaluation.metric import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+
+MAX_BOOTSTRAP = 100_000  # resamples: far past where the interval stops moving; each costs n floats at once
+MAX_SEED = 2**32 - 1  # numpy's seed range
 from retriever.feed import DEFAULT_BATCH_SIZE
 
 
@@ -24,13 +27,14 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     from retriever.evaluation.run import submit
-    from retriever.files import check_output_file
+    from retriever.files import check_distinct_outputs, check_output_file
     from retriever.images import list_images
     from retriever.pipeline import Interrogator
 
     check_output_file(args.out, "--out")  # before the models load, not after every image
     if args.prompts_out:
         check_output_file(args.prompts_out, "--prompts-out")
+        check_distinct_outputs({"--out": args.out, "--prompts-out": args.prompts_out})
     list_images(args.images_dir)
     n = submit(Interrogator.load(args.profile), args.images_dir, args.out, prompts_out=args.prompts_out,
                batch_size=args.batch_size, metadata=not args.no_metadata)
@@ -69,8 +73,10 @@ def _add_batch_size(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples for the interval")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--bootstrap", type=bounded_int(0, MAX_BOOTSTRAP), default=DEFAULT_BOOTSTRAP,
+                   help=f"bootstrap resamples for the interval (0 to {MAX_BOOTSTRAP}; 0: no interval)")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=DEFAULT_SEED,
+                   help="seed of the bootstrap (0 to 2**32-1)")
 
 
 def register(sub) -> None:

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.connections import uvicorn_options
     from retriever.pipeline import Interrogator
     from retriever.profile import load_profile
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"unprompt: serving profile {interrogator.profile.name} at http://{shown}:{settings.port}/ "
           f"(API docs at /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(create_app(settings, interrogator), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=int(max(1, round(settings.shutdown_timeout_s))))
+                access_log=False, **uvicorn_options(settings))
     return 0
 
 

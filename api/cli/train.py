@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli.common import command, positive_int
+from api.cli.common import bounded_float, bounded_int, command, positive_int
 from retriever.errors import UnpromptError
 from retriever.heads.config import FinetuneConfig, TrainConfig
 
@@ -85,37 +85,37 @@ def register(sub) -> None:
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--out", default=None, help="head file (default: the profile's regress.head under $UNPROMPT_HOME; "
                                                "with --finetune heads/<profile>-finetuned.pt)")
-    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="hidden width of a 2-layer MLP head (0 = linear)")
-    p.add_argument("--epochs", type=positive_int, default=None,
+    p.add_argument("--hidden", type=bounded_int(0, 65536), default=DEFAULTS.hidden, help="hidden width of a 2-layer MLP head (0 = linear)")
+    p.add_argument("--epochs", type=bounded_int(1, 100_000), default=None,
                    help=f"default {DEFAULTS.epochs}; with --finetune {FT.epochs} (after --lp-epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
+    p.add_argument("--batch-size", type=bounded_int(1, 1 << 20), default=None,
                    help=f"default {DEFAULTS.batch_size}; with --finetune {FT.batch_size} (the global batch)")
-    p.add_argument("--lr", type=float, default=None, help=f"default {DEFAULTS.lr}; with --finetune {FT.lr}")
-    p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction,
-                   help="held out for validation (with --finetune: a fraction of the prompts)")
+    p.add_argument("--lr", type=bounded_float(0, 10, lo_open=True), default=None, help=f"(0 to 10) default {DEFAULTS.lr}; with --finetune {FT.lr}")
+    p.add_argument("--val-fraction", type=bounded_float(0, 0.9), default=DEFAULTS.val_fraction,
+                   help="held out for validation, 0 to 0.9 (with --finetune: a fraction of the prompts)")
     p.add_argument("--patience", type=positive_int, default=DEFAULTS.patience,
                    help="epochs without validation gain before stopping")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=DEFAULTS.seed)
     ft = p.add_argument_group("fine-tuning (--finetune; run under torchrun for several GPUs)")
     ft.add_argument("--finetune", action="store_true",
                     help="train an image tower and its head end to end on --pairs (LP-FT, EMA, layer-wise decay)")
     ft.add_argument("--tower", default=FT.tower,
                     help="'retrieval' (the profile's open_clip tower, or lite's EfficientNet) or efficientnet-lite0/2")
-    ft.add_argument("--resolution", type=int, default=FT.resolution, help="training and serving side (0: the tower's)")
+    ft.add_argument("--resolution", type=bounded_int(0, 4096), default=FT.resolution, help="training and serving side (0: the tower's)")
     ft.add_argument("--init-head", default=None,
                     help="a prompts-only head (train-regressor --prompts) to start the head from")
-    ft.add_argument("--lp-epochs", type=int, default=FT.lp_epochs, help="epochs training the head on a frozen tower")
-    ft.add_argument("--head-lr", type=float, default=FT.head_lr, help="learning rate of the LP phase")
-    ft.add_argument("--layer-decay", type=float, default=FT.layer_decay,
+    ft.add_argument("--lp-epochs", type=bounded_int(0, 100_000), default=FT.lp_epochs, help="epochs training the head on a frozen tower")
+    ft.add_argument("--head-lr", type=bounded_float(0, 10, lo_open=True), default=FT.head_lr, help="learning rate of the LP phase")
+    ft.add_argument("--layer-decay", type=bounded_float(0, 1, lo_open=True), default=FT.layer_decay,
                     help="each tower level below trains at this times the rate of the level above")
-    ft.add_argument("--weight-decay", type=float, default=FT.weight_decay)
-    ft.add_argument("--warmup-steps", type=int, default=FT.warmup_steps)
-    ft.add_argument("--ema-decay", type=float, default=FT.ema_decay)
+    ft.add_argument("--weight-decay", type=bounded_float(0, 10), default=FT.weight_decay)
+    ft.add_argument("--warmup-steps", type=bounded_int(0, 10**9), default=FT.warmup_steps)
+    ft.add_argument("--ema-decay", type=bounded_float(0, 0.999999), default=FT.ema_decay)
     ft.add_argument("--precision", choices=PRECISIONS, default=FT.precision, help="autocast on CUDA (the CPU runs fp32)")
     ft.add_argument("--no-grad-checkpointing", action="store_true", help="keep activations (CUDA checkpoints by default)")
     ft.add_argument("--no-augment", action="store_true",
                     help="no random resized crop, RandAugment (without posterize/solarize/equalize) or random erasing")
-    ft.add_argument("--workers", type=int, default=FT.workers, help="image decoding processes (-1: automatic)")
+    ft.add_argument("--workers", type=bounded_int(-1, 256), default=FT.workers, help="image decoding processes (-1: automatic)")
     ft.add_argument("--run-dir", default=None, help="resumable checkpoints (default: beside the head, <head>.run)")
     ft.add_argument("--checkpoint-every", type=positive_int, default=FT.checkpoint_every,
                     help="steps between checkpoints (also at every epoch's end)")

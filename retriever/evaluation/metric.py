@@ -46,7 +46,9 @@ def summarise(cosines: np.ndarray, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int
         raise ValueError("nothing to score")
     rng = np.random.default_rng(seed)
     if len(c) > 1 and bootstrap > 0:
-        means = c[rng.integers(0, len(c), size=(bootstrap, len(c)))].mean(axis=1)
+        step = max(1, (1 << 22) // len(c))  # resamples at a time: about 32 MB of indices, whatever n
+        means = np.concatenate([c[rng.integers(0, len(c), size=(min(step, bootstrap - i), len(c)))].mean(axis=1)
+                                for i in range(0, bootstrap, step)])
         lo, hi = np.percentile(means, [2.5, 97.5])
     else:
         lo = hi = c.mean()

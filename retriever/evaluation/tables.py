@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from retriever.errors import UnpromptError
-from retriever.files import atomic_write
+from retriever.files import FORMULA_PREFIXES, atomic_write, safe_cell
 from retriever.paths import local_file
 from retriever.evaluation.metric import EMBED_DIM
 
@@ -24,8 +24,12 @@ def _ids(values, limit: int = 10) -> str:
     return ", ".join(values[:limit]) + more
 
 
+_GUARDED = "^'([" + "".join(FORMULA_PREFIXES).replace("-", "\\-") + "])"
+
+
 def read_table(path: str | Path) -> pl.DataFrame:
-    """A CSV (every column read as text), parquet or JSONL file as a DataFrame, or a clear error."""
+    """A CSV (every column read as text, RFC 4180 quoting; a cell written with the formula guard of
+    ``retriever.files.safe_cell`` read back as it was), parquet or JSONL file as a DataFrame, or a clear error."""
     path = Path(path)
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
@@ -35,9 +39,18 @@ def read_table(path: str | Path) -> pl.DataFrame:
             return pl.read_parquet(path)
         if suffix in (".jsonl", ".ndjson"):
             return pl.read_ndjson(path)
-        return pl.read_csv(path, infer_schema=False)
+        frame = pl.read_csv(path, infer_schema=False)
+        return frame.with_columns(pl.col(pl.String).str.replace(_GUARDED, "$1"))
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ScoreInputError(f"{path}: cannot read as a table ({str(exc).splitlines()[0]})") from None
+
+
+def _nulls(frame: pl.DataFrame, columns: list[str], path) -> None:
+    """Refuse empty cells in the columns that must hold text, naming the first rows (1 = the first data row)."""
+    for column in columns:
+        rows = frame.with_row_index("row").filter(pl.col(column).is_null())["row"].to_list()
+        if rows:
+            raise ScoreInputError(f"{path}: empty {column!r} in row(s) {_ids([r + 1 for r in rows])}")
 
 
 def _require(frame: pl.DataFrame, columns: list[str], path) -> None:
@@ -99,9 +112,10 @@ def read_predictions(path: str | Path) -> Prompts:
 
 
 def _long(frame: pl.DataFrame, path) -> Prompts:
+    key = r"^(.*)_(0|[1-9]\d{0,2})$"  # eId written as Kaggle does: no leading zeros (b_00 is not b_0)
     split = frame.select(
-        pl.col("imgId_eId").str.extract(r"^(.*)_(\d+)$", 1).alias("imgId"),
-        pl.col("imgId_eId").str.extract(r"^(.*)_(\d+)$", 2).cast(pl.Int64, strict=False).alias("eId"),
+        pl.col("imgId_eId").str.extract(key, 1).alias("imgId"),
+        pl.col("imgId_eId").str.extract(key, 2).cast(pl.Int64, strict=False).alias("eId"),
         pl.col("imgId_eId").alias("key"),
         pl.col("val").cast(pl.Float64, strict=False).alias("val"),
         pl.col("val").alias("raw"),
@@ -116,8 +130,10 @@ def _long(frame: pl.DataFrame, path) -> Prompts:
     if bad_vals:
         raise ScoreInputError(f"{path}: non-finite or non-numeric values for ids: {_ids(bad_vals)}")
     counts = split.group_by("imgId", maintain_order=True).agg(
-        pl.len().alias("rows"), pl.col("eId").min().alias("lo"), pl.col("eId").max().alias("hi"))
-    wrong = counts.filter((pl.col("rows") != EMBED_DIM) | (pl.col("lo") != 0) | (pl.col("hi") != EMBED_DIM - 1))
+        pl.len().alias("rows"), pl.col("eId").min().alias("lo"), pl.col("eId").max().alias("hi"),
+        pl.col("eId").n_unique().alias("distinct"))
+    wrong = counts.filter((pl.col("rows") != EMBED_DIM) | (pl.col("lo") != 0) | (pl.col("hi") != EMBED_DIM - 1)
+                          | (pl.col("distinct") != EMBED_DIM))
     if wrong.height:
         detail = _ids([f"{r['imgId']} ({r['rows']} rows)" for r in wrong.iter_rows(named=True)])
         raise ScoreInputError(f"{path}: each image needs {EMBED_DIM} rows, _0 to _{EMBED_DIM - 1}; wrong for: {detail}")
@@ -145,7 +161,7 @@ def write_long(path: str | Path, ids: list[str], vectors: np.ndarray) -> None:
     """Kaggle's submission: rows <imgId>_<eId>,val, ids sorted, eId 0..383 within each (atomic write)."""
     path = Path(path)
     order = sorted(range(len(ids)), key=lambda i: ids[i])
-    keys = [f"{ids[i]}_{e}" for i in order for e in range(EMBED_DIM)]
+    keys = [safe_cell(f"{ids[i]}_{e}") for i in order for e in range(EMBED_DIM)]
     vals = np.asarray(vectors, dtype=np.float32)[order].reshape(-1)
     with atomic_write(path) as tmp:
         pl.DataFrame({"imgId_eId": keys, "val": vals}).write_csv(tmp, float_precision=7)
@@ -155,7 +171,8 @@ def write_short(path: str | Path, ids: list[str], prompts: list[str]) -> None:
     """imgId,prompt rows, ids sorted (atomic write)."""
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     with atomic_write(path) as tmp:
-        pl.DataFrame({"imgId": [ids[i] for i in order], "prompt": [prompts[i] for i in order]}).write_csv(tmp)
+        pl.DataFrame({"imgId": [safe_cell(ids[i]) for i in order],
+                      "prompt": [safe_cell(prompts[i]) for i in order]}).write_csv(tmp)
 
 
 def read_pairs(table: str | Path, image_column: str = "image", prompt_column: str = "prompt") -> tuple[list[Path], list[str]]:
@@ -164,6 +181,7 @@ def read_pairs(table: str | Path, image_column: str = "image", prompt_column: st
     frame = read_table(table)
     _require(frame, [image_column, prompt_column], table)
     _not_empty(frame, table)
+    _nulls(frame, [image_column, prompt_column], table)
     base = Path(table).parent
     try:
         paths = [local_file(str(p), base) for p in frame[image_column].to_list()]

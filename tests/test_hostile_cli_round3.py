@@ -1,0 +1,141 @@
+"""Hostile input, round 3, on the command line and the builder: numeric options, outputs that are not regular
+files, one file named twice, CSV quoting and formula cells, names with control characters, unreadable
+folders, long-format ids, empty cells, sources that keep no texts."""
+
+import csv
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, run_cli
+from fakes import HashTextEncoder
+from index_build.build import BuildOptions, build_index
+from index_build.manifest import load_manifest
+from retriever.errors import UnpromptWarning
+from retriever.evaluation.tables import read_pairs, read_predictions, write_short
+from retriever.files import restore_cell, safe_cell
+from retriever.index import TextIndex
+from test_hostile_cli import clean_error, small_manifest
+
+CAT = EXAMPLES / "cat.jpg"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["score", "--truth", "t.csv", "--predictions", "t.csv", "--seed", "-1"], "must be at least 0, not -1"),
+    (["score", "--truth", "t.csv", "--predictions", "t.csv", "--bootstrap", "1000000000000"], "at most 100000"),
+    (["eval", "t.csv", "--bootstrap", "-5"], "at least 0, not -5"),
+    (["build-index", "m.toml", "--out", "x", "--memory-budget", "inf"], "finite"),
+    (["build-index", "m.toml", "--out", "x", "--memory-budget", "nan"], "finite"),
+    (["train-regressor", "--prompts", "p.txt", "--lr", "-1"], "above 0"),
+    (["train-regressor", "--prompts", "p.txt", "--val-fraction", "1.5"], "at most 0.9"),
+    (["train-regressor", "--prompts", "p.txt", "--hidden", "-3"], "at least 0, not -3"),
+    (["predict", "x.png", "--flavours", "-2"], "at least 0, not -2"),
+])
+def test_numeric_options_are_validated(args, says):
+    res = run_cli(*args)
+    assert says in clean_error(res), res.stderr
+
+
+def test_outputs_that_are_not_regular_files_or_named_twice_are_refused(tmp_path, monkeypatch):
+    import retriever.pipeline
+
+    def no_models(*a, **k):
+        raise AssertionError("models loaded before the outputs were checked")
+
+    monkeypatch.setattr(retriever.pipeline.Interrogator, "load", no_models)
+    monkeypatch.setattr(retriever.pipeline.Interrogator, "from_profile", no_models)
+    assert "not a regular file" in clean_error(run_cli("predict", str(CAT), "--out", "/dev/null"))
+    target = tmp_path / "real.csv"
+    target.write_text("keep me\n")
+    (tmp_path / "link.csv").symlink_to(target)
+    assert "symbolic link" in clean_error(run_cli("predict", str(CAT), "--out", str(tmp_path / "link.csv")))
+    os.mkfifo(tmp_path / "fifo")
+    assert "not a regular file" in clean_error(run_cli("submit", str(EXAMPLES), "--out", str(tmp_path / "fifo")))
+    same = clean_error(run_cli("submit", str(EXAMPLES), "--out", str(tmp_path / "s.csv"),
+                               "--prompts-out", str(tmp_path / "." / "s.csv")))
+    assert "--out and --prompts-out name the same file" in same
+    assert target.read_text() == "keep me\n" and (tmp_path / "link.csv").is_symlink()
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_csv_quotes_names_neutralises_formulas_and_survives_an_unreadable_folder(tmp_path, lite_profile,
+                                                                                        monkeypatch):
+    import api.cli.predict as predict
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("a\rb.jpg", "=HYPERLINK(1).jpg", "@sum.jpg"):
+        (images / name).write_bytes(CAT.read_bytes())
+    (images / "bad\nname.png").write_bytes(b"not a png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_list = predict.list_images
+
+    def list_images(folder):
+        if os.fspath(folder) == str(locked):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real_list(folder)
+
+    monkeypatch.setattr(predict, "list_images", list_images)
+    monkeypatch.chdir(images)  # names as given: a cell that starts with "=" or "@"
+    out = tmp_path / "p.csv"
+    names = ["a\rb.jpg", "=HYPERLINK(1).jpg", "@sum.jpg", "bad\nname.png"]
+    res = run_cli("predict", str(locked), *names, "--format", "csv", "--out", str(out))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    errors = res.stderr.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("unprompt: error: ") for line in errors), errors
+    assert "cannot list the folder (Permission denied)" in errors[0] and "bad\\nname.png" in errors[1]
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image", "prompt", "negative_prompt", "error"] and len(rows) == 1 + 5  # 3 read back as 3
+    cells = {restore_cell(r[0]): r for r in rows[1:]}
+    assert set(cells) == {str(locked), *names}
+    assert cells["=HYPERLINK(1).jpg"][0] == "'=HYPERLINK(1).jpg" and cells["=HYPERLINK(1).jpg"][1]
+    assert cells["@sum.jpg"][0] == "'@sum.jpg" and cells["a\rb.jpg"][0] == "a\rb.jpg"
+    assert cells[str(locked)][3].startswith(str(locked)) and not cells[str(locked)][1]
+
+
+def test_formula_cells_round_trip_through_unprompts_own_tables(tmp_path):
+    assert safe_cell("=1+1") == "'=1+1" and safe_cell("-x") == "'-x" and safe_cell("a=b") == "a=b"
+    write_short(tmp_path / "p.csv", ["=cmd", "plain", "a\rb"], ["+prompt", "@x", "-neg"])
+    raw = (tmp_path / "p.csv").read_bytes().decode()
+    assert "'=cmd" in raw and "\n=" not in raw and '"a\rb"' in raw
+    back = read_predictions(tmp_path / "p.csv")
+    assert dict(zip(back.ids, back.prompts)) == {"=cmd": "+prompt", "plain": "@x", "a\rb": "-neg"}
+
+
+def test_long_format_ids_must_be_canonical(tmp_path):
+    vals = np.random.default_rng(0).normal(size=384)
+    rows = [f"b_{e}" if e != 1 else "b_00" for e in range(384)]
+    (tmp_path / "t.csv").write_text("imgId_eId,val\n" + "".join(f"{k},{v}\n" for k, v in zip(rows, vals)))
+    assert "<imgId>_<0..383>" in clean_error(run_cli("score", "--truth", str(tmp_path / "t.csv"), "--predictions",
+                                                     str(tmp_path / "t.csv")))
+
+
+def test_eval_refuses_empty_cells_instead_of_reading_none(tmp_path):
+    (tmp_path / "t.csv").write_text(f"image,prompt\n{CAT},a cat\n{CAT},\n")
+    with pytest.raises(Exception, match=r"empty 'prompt' in row\(s\) 2"):
+        read_pairs(tmp_path / "t.csv")
+    assert "empty 'prompt' in row(s) 2" in clean_error(run_cli("eval", str(tmp_path / "t.csv"), "--out",
+                                                               str(tmp_path / "r")))
+
+
+def test_a_source_that_keeps_no_texts_is_reported_and_skipped(tmp_path):
+    (tmp_path / "blocked.txt").write_text("nsfw one\nnsfw two\n")
+    manifest = load_manifest(small_manifest(tmp_path, 40, extra='[[sources]]\nname = "gone"\npath = "blocked.txt"\n'
+                                                              'kind = "caption"\nblocked_words = ["nsfw"]\n'))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = build_index(manifest, HashTextEncoder(dim=16), tmp_path / "out", BuildOptions(progress=False))
+    assert any(issubclass(w.category, UnpromptWarning) and "'gone' keeps no texts" in str(w.message) for w in seen)
+    assert TextIndex.load(tmp_path / "out").record.count == 40 and "gone" not in report.embedded
+
+
+def test_a_csv_source_missing_its_column_is_one_line(tmp_path):
+    (tmp_path / "s.csv").write_text("caption\nhello\n")
+    (tmp_path / "m.toml").write_text('name = "m"\n[[sources]]\nname = "s"\npath = "s.csv"\nkind = "caption"\n')
+    res = run_cli("build-index", str(tmp_path / "m.toml"), "--out", str(tmp_path / "out"), "--profile", "lite", "--quiet")
+    message = clean_error(res)
+    assert "column 'text' not found" in message and len(message.strip().splitlines()) == 1, message
