@@ -90,8 +90,8 @@ def test_photographs_through_the_lite_pipeline_never_get_art_flavours(lite_inter
     images += [Image.fromarray(getattr(skimage.data, n)()) for n in ("astronaut", "chelsea", "coffee", "camera")]
     describer = lite_interrogator.describer
     images = [im.convert("RGB") for im in images]
-    probabilities = lite_interrogator.retrieval_space.classifier.predict_proba(images)
-    descriptions = describer.describe(probabilities, images)
+    probabilities, features = lite_interrogator.retrieval_space.classifier.predict(images)
+    descriptions = describer.describe(probabilities, images, features)
     photos = [im for im, desc in zip(images, descriptions) if desc.medium == "photo"]
     assert len(photos) >= 6
     for result in lite_interrogator.interrogate_batch(photos, flavours=8):  # a long chain: many chances
