@@ -74,10 +74,17 @@ def _decode_task(source: bytes | str, limits: ImageLimits, name: str) -> tuple:
 
 
 def _context():
-    """fork where there is one: a worker starts in milliseconds and needs no ``if __name__ == "__main__"``
-    guard in the caller's script (spawn would re-run it); the child runs only Pillow and numpy, never torch
-    (as torch's own DataLoader workers, forked the same way)."""
+    """forkserver where there is one: workers are forked from a small server process that has imported only
+    this module (Pillow, numpy), never from the caller. A worker forked from a process that holds the models
+    would inherit its free heap, and an allocation served from that heap is invisible to the ``RLIMIT_AS``
+    cap; from the server it starts small, and so does every replacement of a killed worker. (Like spawn, a
+    worker imports the caller's main module: every entry point of unprompt guards it.) fork, then spawn,
+    where forkserver is missing."""
     methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["retriever.decode_pool"])
+        return ctx
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 

@@ -188,7 +188,7 @@ def _memory_and_disk(profile) -> Iterator[Check]:
     from retriever.paths import home
 
     try:
-        plans = plan_setup(profile)
+        plans = plan_setup(profile).indexes
     except UnpromptError as exc:
         yield Check("plan", "warn", f"cannot plan the indexes: {exc}", "check the profile's manifests")
         return
@@ -224,12 +224,12 @@ def _memory_and_disk(profile) -> Iterator[Check]:
 def _threads() -> Check:
     import torch
 
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    from retriever.threads import current_plan
+
+    plan = current_plan()  # the thread plan in force (retriever.threads: affinity, cgroup quota, busy CPUs)
+    cpus = plan.usable
     threads = torch.get_num_threads()
-    text = f"torch uses {threads} thread(s) on {cpus} CPU(s) this process may run on"
+    text = f"torch uses {threads} thread(s) on {cpus} CPU(s) this process may run on ({plan.describe()})"
     if threads > cpus:
         return Check("threads", "warn", text + ": oversubscribed", f"set OMP_NUM_THREADS={cpus}")
     return Check("threads", "ok", text)

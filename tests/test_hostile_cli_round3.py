@@ -84,12 +84,12 @@ def test_predict_csv_quotes_names_neutralises_formulas_and_survives_an_unreadabl
     names = ["a\rb.jpg", "=HYPERLINK(1).jpg", "@sum.jpg", "bad\nname.png"]
     res = run_cli("predict", str(locked), *names, "--format", "csv", "--out", str(out))
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    errors = res.stderr.strip().splitlines()
+    errors = [line for line in res.stderr.strip().splitlines() if not line.startswith("predict: ")]  # progress
     assert len(errors) == 2 and all(line.startswith("unprompt: error: ") for line in errors), errors
     assert "cannot list the folder (Permission denied)" in errors[0] and "bad\\nname.png" in errors[1]
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["image", "prompt", "negative_prompt", "error"] and len(rows) == 1 + 5  # 3 read back as 3
+    assert rows[0] == ["image", "prompt", "negative_prompt", "error", "source", "generator"] and len(rows) == 1 + 5
     cells = {restore_cell(r[0]): r for r in rows[1:]}
     assert set(cells) == {str(locked), *names}
     assert cells["=HYPERLINK(1).jpg"][0] == "'=HYPERLINK(1).jpg" and cells["=HYPERLINK(1).jpg"][1]

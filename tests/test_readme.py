@@ -68,15 +68,29 @@ def _unprompt_args(words: list[str]) -> tuple[dict, list[str]] | None:
 def _needs_what_is_missing(env: dict, args: list[str]) -> str | None:
     """Why this unprompt command cannot run here, or None."""
     profile = args[args.index("--profile") + 1] if "--profile" in args else env.get("UNPROMPT_PROFILE", "lite")
-    if profile == "kaggle" and "--dry-run" not in args:
-        return "needs CLIP weights and a GPU (profile kaggle)"
-    if args and args[0] in ("build-index", "setup") and len(args) > 1 and args[1].endswith((".toml", ".yaml")):
+    if profile != "lite" and "--dry-run" not in args and _needs_clip_weights(profile):
+        return f"needs CLIP weights and a GPU (profile {profile})"
+    if args and args[0] == "fetch-pairs":
+        return "needs the network (pairs are downloaded from the hub)"
+    if args and args[0] in ("build-index", "setup", "check-sources") and len(args) > 1 \
+            and args[1].endswith((".toml", ".yaml")):
         from index_build.manifest import load_manifest
         from index_build.remote import is_remote
 
         if any(s.dataset or is_remote(s.path) for s in load_manifest(args[1]).sources):
             return "needs the network (the manifest's sources are remote)"
     return None
+
+
+def _needs_clip_weights(profile: str) -> bool:
+    """A profile that retrieves with open_clip (kaggle, sd15, sd2, sdxl), or one the README writes on a GPU machine."""
+    from retriever.errors import UnpromptError
+    from retriever.profile import load_profile
+
+    try:
+        return load_profile(profile).retrieve.space.kind == "open_clip"
+    except UnpromptError:
+        return True
 
 
 @pytest.fixture()
@@ -143,6 +157,8 @@ def test_every_readme_command_runs_as_written(fresh, live, lite_interrogator, mo
             if head == "curl":
                 command = command.replace("http://127.0.0.1:8000", live.url)
                 command = "curl -sS --fail-with-body " + command[len("curl "):]
+            # the README's .venv is the repository's: the fresh directory has none of its own
+            command = re.sub(r"(^|[\s;&|(])\.venv/bin/", lambda m: m.group(1) + str(REPO / ".venv" / "bin") + "/", command)
             proc = subprocess.run(command, shell=True, cwd=fresh, capture_output=True, text=True, timeout=120,
                                   env={**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"})
             assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout[-1000:]}{proc.stderr[-2000:]}"

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +122,9 @@ def test_score_cli_prints_mean_count_interval_and_errors_cleanly(tmp_path):
 def prompt_only_profile(tmp_path_factory, lite_profile):
     """lite with the blend on the prompt alone (no regressor, no prior), so the final embedding is MiniLM(prompt)."""
     text = (REPO / "retriever" / "profiles" / "lite.toml").read_text()
-    text = text.replace("regressor_weight = 0.25", "regressor_weight = 0.0")
-    text = text.replace("blend_weight = 0.5", "blend_weight = 0.0").replace("uncertainty_prior_weight = 0.5", "")
+    text = re.sub(r"(?m)^regressor_weight = [0-9.]+", "regressor_weight = 0.0", text)
+    text = re.sub(r"(?m)^blend_weight = [0-9.]+", "blend_weight = 0.0", text)
+    text = re.sub(r"(?m)^uncertainty_prior_weight = [0-9.]+", "", text)
     assert "blend_weight = 0.0" in text and "regressor_weight = 0.0" in text
     path = tmp_path_factory.mktemp("profiles") / "lite-prompt.toml"
     path.write_text(text)
@@ -167,7 +169,7 @@ def test_eval_end_to_end_writes_the_report_and_opens_in_chromium(tmp_path, lite_
     out = write_report(first, tmp_path / "report")
     numbers = json.loads((out / "report.json").read_text())
     assert set(numbers["stages"]) == {"retrieval", "template", "assembled", "regressor", "final"}
-    assert set(numbers["baselines"]) == {"constant", "mean"}
+    assert set(numbers["baselines"]) == {"constant", "mean", "prior_mean", "prior_oracle"}
     assert numbers["stages"]["final"]["n"] == 7
     again = json.loads((write_report(second, tmp_path / "again") / "report.json").read_text())
     numbers.pop("median_timings_ms"), again.pop("median_timings_ms")  # wall-clock times vary
