@@ -10,7 +10,6 @@ requirements. Only a ``fail`` means the service cannot start.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import socket
 from dataclasses import dataclass
