@@ -23,7 +23,8 @@ from retriever._compat import ensure_torchvision_importable  # noqa: E402
 
 ensure_torchvision_importable()
 
-from bench.gpu_model import H100_BF16_DENSE, count  # noqa: E402
+from bench.gpu_model import H100_BF16_DENSE  # noqa: E402
+from index_build.plan import count_flops  # noqa: E402
 
 
 def train_step_flops(tower: str, resolution: int) -> float:
@@ -62,7 +63,7 @@ def train_step_flops(tower: str, resolution: int) -> float:
         def step():
             cosine_loss(model(x), y, torch.ones(1)).backward()
 
-        return count(step)
+        return count_flops(step, grad=True)
 
 
 def sd2_flops(size: int) -> tuple[float, float, float]:
@@ -82,10 +83,10 @@ def sd2_flops(size: int) -> tuple[float, float, float]:
                                             num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
                                             max_position_embeddings=77))
         with torch.no_grad():
-            u = count(lambda: unet(torch.empty(1, 4, latent, latent), torch.tensor([500]),
+            u = count_flops(lambda: unet(torch.empty(1, 4, latent, latent), torch.tensor([500]),
                                    encoder_hidden_states=torch.empty(1, 77, 1024)))
-            v = count(lambda: vae.decode(torch.empty(1, 4, latent, latent)))
-            t = count(lambda: text(torch.zeros(1, 77, dtype=torch.long)))
+            v = count_flops(lambda: vae.decode(torch.empty(1, 4, latent, latent)))
+            t = count_flops(lambda: text(torch.zeros(1, 77, dtype=torch.long)))
     return u, v, t
 
 

@@ -21,15 +21,9 @@ from retriever._compat import ensure_torchvision_importable  # noqa: E402
 
 ensure_torchvision_importable()
 
+from index_build.plan import count_flops  # noqa: E402
+
 H100_BF16_DENSE = 989e12  # FLOP/s, H100 SXM5, dense (no sparsity)
-
-
-def count(fn, *args) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return float(counter.get_total_flops())
 
 
 def clip_flops(name: str, text_tokens: int) -> tuple[float, float]:
@@ -43,8 +37,8 @@ def clip_flops(name: str, text_tokens: int) -> tuple[float, float]:
         size = model.visual.image_size if isinstance(model.visual.image_size, int) else model.visual.image_size[0]
         image = torch.empty(1, 3, size, size)
         tokens = torch.zeros(1, 77, dtype=torch.long)
-        image_flops = count(model.encode_image, image)
-        text_flops = count(model.encode_text, tokens) * text_tokens / 77
+        image_flops = count_flops(model.encode_image, image)
+        text_flops = count_flops(model.encode_text, tokens) * text_tokens / 77
     return image_flops, text_flops
 
 
@@ -56,7 +50,7 @@ def minilm_flops(tokens: int) -> float:
     with torch.device("meta"):
         model = BertModel(config)
         ids = torch.zeros(1, tokens, dtype=torch.long)
-        return count(model, ids)
+        return count_flops(model, ids)
 
 
 def main() -> int:

@@ -101,11 +101,15 @@ class SetupPlan:
         return sum(m.params * 2 for m in self.models) + sum(p.gpu_vram_bytes for p in self.indexes)
 
 
-def count_flops(fn, *args) -> float:
+def count_flops(fn, *args, grad: bool = False) -> float:
+    """FLOPs of ``fn(*args)`` as torch's FlopCounterMode counts them (on meta tensors: nothing runs);
+    ``grad``: with autograd on, for a training step whose backward ``fn`` runs itself."""
+    import contextlib
+
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, (contextlib.nullcontext() if grad else torch.no_grad()):
         fn(*args)
     return float(counter.get_total_flops())
 
