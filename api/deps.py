@@ -76,7 +76,7 @@ async def admit(service: Service, name: str, data: bytes) -> Image.Image:
     """Decode in the worker processes, under the time and memory limits; a refusal becomes the matching 4xx.
     A request cancelled meanwhile (shutdown) cancels its decode, which stops that worker."""
     try:
-        image, _ = await asyncio.wrap_future(service.decoder.submit(data, service.limits, name))
+        image, _, _ = await asyncio.wrap_future(service.decoder.submit(data, service.limits, name))
         return image
     except ImageRejected as exc:
         raise Refused(exc.reason, str(exc)) from None

@@ -32,12 +32,14 @@ from pathlib import Path
 from PIL import Image
 
 from retriever.images import ImageLimits, ImageRejected, admit_image, read_image_file
+from retriever.metadata import GenerationMetadata, read_metadata
 
 MiB = 1 << 20
 DEFAULT_WORKERS = 2
 DEFAULT_MEMORY_BYTES = 1024 * MiB  # per worker, over what the worker holds after start-up
 
-Decoded = tuple[Image.Image, float]  # the admitted image and the milliseconds its decode took in the worker
+# the admitted image, the milliseconds its decode took in the worker, and the prompt the file records (when asked)
+Decoded = tuple[Image.Image, float, "GenerationMetadata | None"]
 
 
 def _vm_size() -> int:
@@ -60,13 +62,15 @@ def _init_worker(memory_bytes: int) -> None:
             pass
 
 
-def _decode_task(source: bytes | str, limits: ImageLimits, name: str) -> tuple:
-    """In a worker: ('ok', size, rgb bytes, ms) or ('refused', reason, message); never raises."""
+def _decode_task(source: bytes | str, limits: ImageLimits, name: str, metadata: bool = False) -> tuple:
+    """In a worker: ('ok', size, rgb bytes, ms, recorded prompt or None) or ('refused', reason, message); never
+    raises. ``metadata``: also read the recorded prompt from the same bytes (the file is read once)."""
     t0 = time.perf_counter()
     try:
         data = source if isinstance(source, bytes) else read_image_file(source, limits)
         img = admit_image(data, limits, name)
-        return "ok", img.size, img.tobytes(), (time.perf_counter() - t0) * 1000
+        recorded = read_metadata(data) if metadata else None
+        return "ok", img.size, img.tobytes(), (time.perf_counter() - t0) * 1000, recorded
     except ImageRejected as exc:
         return "refused", exc.reason, str(exc)
     except MemoryError:
@@ -116,12 +120,12 @@ class DecodePool:
             f.result()
 
     def submit(self, source: bytes | str | Path, limits: ImageLimits = ImageLimits(),
-               name: str | None = None) -> "Future[Decoded]":
+               name: str | None = None, metadata: bool = False) -> "Future[Decoded]":
         """Admit bytes (or read and admit a file) in a worker; the future raises ImageRejected on refusal.
         Cancelling it while the decode runs stops the worker."""
         name = name or (str(source) if not isinstance(source, bytes) else "image")
         source = source if isinstance(source, bytes) else os.path.abspath(source)  # a worker's cwd is its own
-        inner = self._get().schedule(_decode_task, args=(source, limits, name), timeout=limits.decode_seconds)
+        inner = self._get().schedule(_decode_task, args=(source, limits, name, metadata), timeout=limits.decode_seconds)
         outer: Future[Decoded] = Future()
 
         def done(f: Future) -> None:
@@ -140,8 +144,8 @@ class DecodePool:
                                  f"memory than a decode may take, or is corrupt"))
                 return
             if answer[0] == "ok":
-                _, size, raw, ms = answer
-                outer.set_result((Image.frombytes("RGB", size, raw), ms))
+                _, size, raw, ms, recorded = answer
+                outer.set_result((Image.frombytes("RGB", size, raw), ms, recorded))
             else:
                 outer.set_exception(ImageRejected(answer[1], answer[2]))
 

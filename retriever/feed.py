@@ -6,8 +6,8 @@ time and memory limits hold here too) up to ``ahead`` batches before the model n
 (measured on 2 CPU cores at batch 32: 71-72 images/s against 64-67 decoding inline, tiny-CLIP kaggle profile;
 on a GPU the model's time hides the decoding entirely); each batch goes through ``Interrogator.interrogate_batch``
 once.
-Each admitted file's bytes are also searched for a recorded prompt (``retriever.metadata``, unless
-``metadata=False``: bounded, and far cheaper than the decode), which the pipeline then answers with.
+Each file is read once: its bytes are admitted and searched for a recorded prompt (``retriever.metadata``,
+unless ``metadata=False``: bounded, and far cheaper than the decode), which the pipeline then answers with.
 A batch the model cannot finish (an image that needs too much memory) is retried image by image, so one bad
 image costs only its own answer.
 """
@@ -67,10 +67,9 @@ def _decode(path: str, limits: ImageLimits, metadata: bool = True) -> Decoded:
     return Decoded(path, image, decode_ms=(time.perf_counter() - t0) * 1000, recorded=recorded)
 
 
-def _collect(path: str, future: "Future", limits: ImageLimits, metadata: bool) -> Decoded:
+def _collect(path: str, future: "Future") -> Decoded:
     try:
-        image, ms = future.result()
-        recorded = read_metadata(read_image_file(path, limits)) if metadata else None
+        image, ms, recorded = future.result()
     except UnpromptError as exc:
         return Decoded(path, error=str(exc))
     return Decoded(path, image, decode_ms=ms, recorded=recorded)
@@ -81,7 +80,7 @@ def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH
                     ahead: int = 2, metadata: bool = True) -> Iterator[list[Decoded]]:
     """Batches of decoded images in input order, decoding up to ``ahead`` batches ahead of the consumer in
     ``workers`` decode processes (0: each batch is decoded here when it is asked for, without a time limit);
-    ``metadata``: read recorded prompts (from the file's bytes, here: bounded and far cheaper than the decode)."""
+    ``metadata``: read recorded prompts (from the same bytes, in the worker: bounded and far cheaper than the decode)."""
     batch_size = max(1, batch_size)
     if workers <= 0:
         for start in range(0, len(paths), batch_size):
@@ -94,12 +93,12 @@ def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH
     try:
         while True:
             for path in todo:
-                pending.append((path, pool.submit(path, limits)))
+                pending.append((path, pool.submit(path, limits, metadata=metadata)))
                 if len(pending) >= window:
                     break
             if not pending:
                 return
-            yield [_collect(*pending.popleft(), limits, metadata) for _ in range(min(batch_size, len(pending)))]
+            yield [_collect(*pending.popleft()) for _ in range(min(batch_size, len(pending)))]
     finally:  # the consumer stopped early (an error, Ctrl-C): decodes not yet wanted are dropped
         for _, future in pending:
             future.cancel()
