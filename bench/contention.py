@@ -68,14 +68,18 @@ class Busy:
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Busy":
-        self.procs = [subprocess.Popen(["timeout", str(self.limit_s), "yes"], stdout=subprocess.DEVNULL)
-                      for _ in range(self.n)]
+        # each in its own process group: killing `timeout` alone would leave its `yes` running, unbounded
+        self.procs = [subprocess.Popen(["timeout", str(self.limit_s), "yes"], stdout=subprocess.DEVNULL,
+                                       start_new_session=True) for _ in range(self.n)]
         time.sleep(1.0)  # let them take their CPUs
         return self
 
     def __exit__(self, *exc) -> None:
         for p in self.procs:
-            p.kill()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for p in self.procs:
             p.wait()
 
