@@ -24,7 +24,7 @@ from api.metrics import Metrics
 from api.middleware import BodySizeLimit, ConcurrencyLimit, Observe
 from api.reload import Reloader
 from api.routes import DOCS_ASSETS, router
-from api.settings import Settings
+from api.settings import Settings, service_decode_workers
 from retriever import __version__
 from retriever.decode_pool import shared_pool
 from retriever.feedback import FeedbackStore
@@ -38,7 +38,7 @@ def default_batch_size() -> int:
 
 
 def _start(settings: Settings, metrics: Metrics, interrogator: Interrogator) -> Service:
-    decoder = shared_pool(settings.decode_workers, settings.decode_memory_bytes)
+    decoder = shared_pool(service_decode_workers(settings), settings.decode_memory_bytes)
     service = Service(interrogator, None, decoder, settings.image_limits())  # type: ignore[arg-type]
 
     def run(images, options):

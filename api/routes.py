@@ -129,7 +129,7 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
                    "max_aspect": settings.max_aspect, "max_batch_images": settings.max_batch_images},
         "batching": {"enabled": settings.batching, "max_batch_size": service.batcher.max_batch_size,
                      "max_wait_ms": settings.max_wait_ms},
-        "threads": threads_in_force(),
+        "threads": {**threads_in_force(), "decode_workers_running": service.decoder.workers},
     }
 
 

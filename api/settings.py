@@ -5,7 +5,9 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retriever.decode_pool import DEFAULT_MEMORY_BYTES, DEFAULT_WORKERS
+from retriever.decode_pool import DEFAULT_MEMORY_BYTES
+
+MIN_SERVICE_WORKERS = 2
 from retriever.images import DEFAULT_FORMATS, ImageLimits
 
 _IMAGE = ImageLimits()
@@ -25,8 +27,11 @@ class Settings(BaseSettings):
                                description="image formats accepted (Pillow's names); the rest get 415 not_image")
     max_decode_bytes: int = Field(default=_IMAGE.max_decode_bytes, ge=1,
                                   description="memory the decoded image may take, from its header, before decoding")
-    decode_workers: int = Field(default=DEFAULT_WORKERS, ge=1,
-                                description="decode worker processes: images decoded at once (bounds decode memory)")
+    decode_workers: int | None = Field(
+        default=None, ge=1,
+        description="decode worker processes: images decoded at once (bounds decode memory). Default: the thread "
+                    f"plan's decode share, at least {MIN_SERVICE_WORKERS}, so that one slow upload never holds up "
+                    "the next (the workers sleep unless a decode is in flight)")
     decode_timeout_s: float = Field(default=_IMAGE.decode_seconds, gt=0, le=3600,
                                     description="wall-clock limit of one decode; past it the worker is stopped and "
                                                 "the image gets 413 too_slow")
@@ -87,3 +92,10 @@ class Settings(BaseSettings):
         return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels, max_aspect=self.max_aspect,
                            formats=tuple(self.formats), max_decode_bytes=self.max_decode_bytes,
                            decode_seconds=self.decode_timeout_s)
+
+
+def service_decode_workers(settings: Settings) -> int:
+    """The service's decode workers: the setting, else the thread plan's share with the floor above."""
+    from retriever.threads import decode_workers
+
+    return settings.decode_workers or max(MIN_SERVICE_WORKERS, decode_workers())

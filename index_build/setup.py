@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from index_build.manifest import load_manifest
 from retriever.encoders import create_space, text_model_id, text_tower
@@ -83,9 +83,30 @@ def ensure_indexes(profile: Profile, options: BuildOptions | None = None, force:
         t = time.perf_counter()
         report = build_index(manifest, text_tower(space), directory, options, rerank_encoders=extras)
         rec = report.record
+        remember_words(_index_texts(directory), profile.assemble.templates)
         results.append(SetupResult(ref.name, directory, True, rec.count, time.perf_counter() - t, rec.factory,
                                    _search(rec.factory, rec.dim, options)))
     return results
+
+
+def _index_texts(directory: Path) -> list[str]:
+    from retriever.index import TextIndex
+
+    return TextIndex.load(directory).texts.to_list()
+
+
+def remember_words(texts: Iterable[str], templates: Iterable[str] = ()) -> None:
+    """Put the CLIP token counts of these texts' words (and the templates' fixed words) in the word table, so
+    that serving counts prompts made of them without loading the tokenizer (``retriever.encoders.clip_words``)."""
+    import string
+
+    from retriever._compat import open_clip_tokenizer
+    from retriever.encoders import clip_words
+
+    fixed = [literal for template in templates for literal, *_ in string.Formatter().parse(template) if literal]
+    table = clip_words.word_table()
+    table.learn([*texts, *fixed], open_clip_tokenizer()._tokenizer.encode)
+    table.save()
 
 
 def _search(factory: str, dim: int, options: BuildOptions | None) -> str:

@@ -119,6 +119,21 @@ class DecodePool:
         for f in futures:
             f.result()
 
+    def start(self) -> None:
+        """Begin starting the workers on a background thread and return at once. The server process and the
+        workers start (a fresh interpreter importing Pillow and numpy) while the caller goes on loading its
+        models, instead of when the first image arrives. A failure to start is not raised here; the first
+        :meth:`submit` meets it."""
+
+        def go() -> None:
+            try:
+                for _ in range(self.workers):
+                    self._get().schedule(_warm)
+            except Exception:  # noqa: BLE001 - submit() reports it
+                pass
+
+        threading.Thread(target=go, name="unprompt-decode-start", daemon=True).start()
+
     def submit(self, source: bytes | str | Path, limits: ImageLimits = ImageLimits(),
                name: str | None = None, metadata: bool = False) -> "Future[Decoded]":
         """Admit bytes (or read and admit a file) in a worker; the future raises ImageRejected on refusal.

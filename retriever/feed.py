@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from PIL import Image
 
-from retriever.decode_pool import DEFAULT_WORKERS, shared_pool
+from retriever.decode_pool import shared_pool
 from retriever.errors import UnpromptError
 from retriever.images import ImageLimits, admit_image, read_image_file
 from retriever.metadata import GenerationMetadata, read_metadata
 from retriever.stages.recorded import ImageWithMetadata
+from retriever.threads import decode_workers
 
 if TYPE_CHECKING:
     from retriever.pipeline import Interrogation, Interrogator
     from retriever.profile import Mode
 
 DEFAULT_BATCH_SIZE = 16
-DECODE_WORKERS = DEFAULT_WORKERS
 
 
 @dataclass
@@ -76,12 +76,14 @@ def _collect(path: str, future: "Future") -> Decoded:
 
 
 def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
-                    limits: ImageLimits = ImageLimits(), workers: int = DECODE_WORKERS,
+                    limits: ImageLimits = ImageLimits(), workers: int | None = None,
                     ahead: int = 2, metadata: bool = True) -> Iterator[list[Decoded]]:
     """Batches of decoded images in input order, decoding up to ``ahead`` batches ahead of the consumer in
-    ``workers`` decode processes (0: each batch is decoded here when it is asked for, without a time limit);
+    ``workers`` decode processes (None: the thread plan's decode share, ``retriever.threads``; 0: each batch is
+    decoded here when it is asked for, without a time limit);
     ``metadata``: read recorded prompts (from the same bytes, in the worker: bounded and far cheaper than the decode)."""
     batch_size = max(1, batch_size)
+    workers = decode_workers() if workers is None else workers
     if workers <= 0:
         for start in range(0, len(paths), batch_size):
             yield [_decode(str(p), limits, metadata) for p in paths[start : start + batch_size]]
@@ -102,6 +104,12 @@ def decoded_batches(paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH
     finally:  # the consumer stopped early (an error, Ctrl-C): decodes not yet wanted are dropped
         for _, future in pending:
             future.cancel()
+
+
+def start_decoders(workers: int | None = None) -> None:
+    """Start the decode workers :func:`decoded_batches` will use, in the background: call it before loading
+    the models, so that the workers' start overlaps the model load instead of delaying the first image."""
+    shared_pool(decode_workers() if workers is None else workers).start()
 
 
 def interrogate_files(interrogator: "Interrogator", paths: Sequence[str | Path],

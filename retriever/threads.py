@@ -187,8 +187,9 @@ def current_plan() -> ThreadPlan:
 
 
 def decode_workers() -> int:
-    """How many image-decoding workers this process should run (the decode share of the plan)."""
-    return current_plan().decode
+    """How many image-decoding workers this process should run (the decode share of the plan). Made without
+    loading torch: the CLI starts its decoders before torch is imported."""
+    return (_PLAN or configure_environment()).decode
 
 
 def environment(plan: ThreadPlan) -> dict[str, str]:

@@ -131,9 +131,8 @@ def _one_line(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.feed import interrogate_files
+    from retriever.feed import interrogate_files, start_decoders
     from retriever.files import atomic_write, check_output_file
-    from retriever.pipeline import Interrogator
     from retriever.progress import progress
 
     fmt = "jsonl" if args.json else args.format
@@ -149,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
         named = [*unlisted.values(), *paths]
         raise UnpromptError("no image to read: " + "; ".join(named[:5]) + (" ..." if len(named) > 5 else ""))
+    start_decoders()  # they start while torch and the models load
+    from retriever.pipeline import Interrogator
+
     interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
     failures = len(unlisted)

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from retriever._compat import open_clip_tokenizer
+from retriever.encoders.clip_words import word_table
 from retriever.encoders.base import split_rows
 from retriever.profile import AssembleConfig
 from retriever.stages.candidates import SUBJECT_KINDS, Candidate, Candidates, best_of_all
@@ -31,12 +32,21 @@ EncodeFn = Callable[[Sequence[str]], np.ndarray]
 def _clip_tokens():
     from retriever.encoders.clip_tokens import PieceTokenizer
 
-    return PieceTokenizer(open_clip_tokenizer().SimpleTokenizer())
+    module = open_clip_tokenizer()  # it builds a default tokenizer at import: that one, not a second
+    return PieceTokenizer(getattr(module, "_tokenizer", None) or module.SimpleTokenizer())
 
 
 def clip_token_count(text: str) -> int:
-    """CLIP BPE tokens, start and end tokens included (the 77-token context counts these)."""
-    return _clip_tokens().count(text)
+    """CLIP BPE tokens, start and end tokens included (the 77-token context counts these). From the word
+    table (``retriever.encoders.clip_words``) when it knows every word; else from the tokenizer, and the
+    text's words are learnt."""
+    table = word_table()
+    n = table.count(text)
+    if n is None:
+        tokens = _clip_tokens()
+        n = tokens.count(text)
+        table.learn([text], tokens.tokenizer.encode)
+    return n
 
 
 def template_slots(template: str) -> list[str]:
