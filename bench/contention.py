@@ -8,8 +8,11 @@ Each timing is one fresh process, ``unprompt predict <folder>`` from start to ex
 the lite profile and the index in $UNPROMPT_HOME (build it first: ``unprompt setup``).
 
 Scenarios: idle (whatever else the machine runs: the load average is printed); beside ``--busy`` CPU-bound
-processes (``yes > /dev/null``, started and killed here, each also bounded by ``timeout``); under a simulated
-quota (``taskset`` to ``--quota`` CPUs, fewer than the host shows).
+processes of each ``--busy-kind`` (started and killed here, each also bounded by ``timeout``): ``yes`` is
+``yes > /dev/null``, one thread that never sleeps; ``torch`` is another PyTorch job (matrix products on
+torch's default thread pool, as a training run or a second interrogator would be), whose OpenMP threads spin
+while they wait, as today's default's do; under a simulated quota (``taskset`` to ``--quota`` CPUs, fewer
+than the host shows).
 
 Configurations: baseline, today's default (the code at ``--baseline-rev``, exported with ``git archive`` to a
 temporary folder and run from there, so its threads, imports and start are the old ones); new default (this
@@ -60,18 +63,28 @@ def timed_predict(tree: Path, images: str, threads: int | None, cpus: str | None
     return seconds
 
 
-class Busy:
-    """N CPU-bound children (`yes` into /dev/null), each bounded by `timeout`, killed on exit."""
+TORCH_JOB = ("import torch\n"
+             "a = torch.randn(384, 384)\n"
+             "while True:\n"
+             "    for _ in range(50):\n"
+             "        b = a @ a\n")
+BUSY_KINDS = {"yes": ["yes"], "torch": [sys.executable, "-c", TORCH_JOB]}
 
-    def __init__(self, n: int, limit_s: int) -> None:
-        self.n, self.limit_s = n, limit_s
+
+class Busy:
+    """N CPU-bound children of one kind (BUSY_KINDS), each bounded by `timeout`, killed on exit."""
+
+    def __init__(self, n: int, limit_s: int, kind: str = "yes") -> None:
+        self.n, self.limit_s, self.kind = n, limit_s, kind
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Busy":
-        # each in its own process group: killing `timeout` alone would leave its `yes` running, unbounded
-        self.procs = [subprocess.Popen(["timeout", str(self.limit_s), "yes"], stdout=subprocess.DEVNULL,
-                                       start_new_session=True) for _ in range(self.n)]
-        time.sleep(1.0)  # let them take their CPUs
+        # each in its own process group: killing `timeout` alone would leave its child running, unbounded.
+        # The children get the environment of a user who set nothing (torch's own default thread count).
+        env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+        self.procs = [subprocess.Popen(["timeout", str(self.limit_s), *BUSY_KINDS[self.kind]], env=env,
+                                       stdout=subprocess.DEVNULL, start_new_session=True) for _ in range(self.n)]
+        time.sleep(1.0 if self.kind == "yes" else 4.0)  # let them take their CPUs (torch: past its import)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -88,6 +101,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default="data_manifests/examples/images", help="folder of images to predict")
     ap.add_argument("--busy", type=int, default=2, help="busy processes beside predict")
+    ap.add_argument("--busy-kind", default="yes,torch", help=f"kinds of busy process, one scenario each: "
+                                                            f"{', '.join(BUSY_KINDS)}")
     ap.add_argument("--quota", type=int, default=1, help="CPUs for the taskset scenario")
     ap.add_argument("--fixed", default="1,2,4", help="fixed --threads counts to time")
     ap.add_argument("--repeat", type=int, default=1, help="timings per cell (the median is reported)")
@@ -106,16 +121,19 @@ def main() -> int:
     quota_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[: args.quota])
     configs = [("baseline (today's default)", baseline_tree, None), ("new default", ROOT, None)] + \
               [(f"--threads {n}", ROOT, n) for n in fixed]
-    scenarios = [("idle", 0, None), (f"beside {args.busy} busy", args.busy, None),
-                 (f"taskset {args.quota} CPU", 0, quota_cpus)]
+    kinds = [k for k in args.busy_kind.split(",") if k]
+    if not set(kinds) <= set(BUSY_KINDS):
+        raise SystemExit(f"--busy-kind: one or more of {', '.join(BUSY_KINDS)}")
+    scenarios = [("idle", 0, None, "yes")] + [(f"beside {args.busy} busy ({k})", args.busy, None, k) for k in kinds] \
+        + [(f"taskset {args.quota} CPU", 0, quota_cpus, "yes")]
     lines = [f"$ .venv/bin/python bench/contention.py {' '.join(sys.argv[1:])}".rstrip(),
              f"{time.strftime('%Y-%m-%d %H:%M')} UTC; host CPUs {host}; images: {len(os.listdir(images))} in "
              f"{args.images}; baseline: {args.baseline_rev}; median of {args.repeat}; seconds per predict process", ""]
     print("\n".join(lines), flush=True)
     runs: dict[tuple[str, str], list[float]] = {}
     try:
-        for scenario, busy, cpus in scenarios:
-            with Busy(busy, int(args.timeout * len(configs) * args.repeat + 60)):
+        for scenario, busy, cpus, kind in scenarios:
+            with Busy(busy, int(args.timeout * len(configs) * args.repeat + 60), kind):
                 load = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 for _ in range(args.repeat):
                     for name, tree, threads in configs:  # interleaved: drifting load hits every config alike
@@ -129,12 +147,12 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in runs.items()}
     lines.append("")
     first = len(lines)
-    header = f"{'configuration':<28}" + "".join(f"{s:>20}" for s, _, _ in scenarios)
+    header = f"{'configuration':<28}" + "".join(f"{s:>24}" for s, *_ in scenarios)
     lines.append(header)
     for name, _, _ in configs:
-        lines.append(f"{name:<28}" + "".join(f"{med[(s, name)]:>19.2f}s" for s, _, _ in scenarios))
+        lines.append(f"{name:<28}" + "".join(f"{med[(s, name)]:>23.2f}s" for s, *_ in scenarios))
     lines.append("")
-    for scenario, _, _ in scenarios:
+    for scenario, *_ in scenarios:
         base, new = med[(scenario, configs[0][0])], med[(scenario, "new default")]
         best_name = min((c[0] for c in configs[2:]), key=lambda n: med[(scenario, n)])
         lines.append(f"{scenario}: new default {base / new:.2f}x faster than the baseline; "
