@@ -3,6 +3,7 @@ against the thread plan (retriever/threads.py) and fixed thread counts, all in o
 
     .venv/bin/python bench/contention.py --out bench/results/contention-cpu.txt
     .venv/bin/python bench/contention.py --busy 2 --repeat 3 --images data_manifests/examples/images
+    .venv/bin/python bench/contention.py --tables data_manifests/devset/dev.csv,data_manifests/devset/heldout.csv
 
 Each timing is one fresh process, ``unprompt predict <folder>`` from start to exit (what a user waits for), with
 the lite profile and the index in $UNPROMPT_HOME (build it first: ``unprompt setup``).
@@ -47,10 +48,23 @@ def export_rev(rev: str) -> Path:
     return target
 
 
-def timed_predict(tree: Path, images: str, threads: int | None, cpus: str | None, timeout: float) -> float:
+def table_images(tables: str) -> list[str]:
+    """The image paths of eval tables (``image`` column; ``pkg:`` paths resolved where the package is installed)."""
+    import csv
+
+    from retriever.paths import local_file
+
+    paths = []
+    for table in tables.split(","):
+        with open(ROOT / table, newline="", encoding="utf-8") as f:
+            paths += [str(local_file(row["image"], (ROOT / table).parent)) for row in csv.DictReader(f)]
+    return paths
+
+
+def timed_predict(tree: Path, images: list[str], threads: int | None, cpus: str | None, timeout: float) -> float:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     env["PYTHONPATH"] = str(tree)  # ahead of the editable install's finder
-    cmd = [sys.executable, "-c", MAIN, "predict", images, "--format", "tsv"]
+    cmd = [sys.executable, "-c", MAIN, "predict", *images, "--format", "tsv"]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if cpus is not None:
@@ -100,6 +114,8 @@ class Busy:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default="data_manifests/examples/images", help="folder of images to predict")
+    ap.add_argument("--tables", default=None, help="instead of --images: the images of these eval tables "
+                                                   "(comma-separated CSVs, e.g. data_manifests/devset/dev.csv)")
     ap.add_argument("--busy", type=int, default=2, help="busy processes beside predict")
     ap.add_argument("--busy-kind", default="yes,torch", help=f"kinds of busy process, one scenario each: "
                                                             f"{', '.join(BUSY_KINDS)}")
@@ -114,7 +130,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: the busy children are still stopped
     if shutil.which("taskset") is None or shutil.which("yes") is None:
         raise SystemExit("needs taskset and yes (util-linux, coreutils)")
-    images = str((ROOT / args.images).resolve())
+    images = table_images(args.tables) if args.tables else [str((ROOT / args.images).resolve())]
+    count = len(images) if args.tables else len(os.listdir(images[0]))
     baseline_tree = export_rev(args.baseline_rev)
     fixed = [int(x) for x in args.fixed.split(",") if x]
     host = os.cpu_count() or 1
@@ -127,8 +144,8 @@ def main() -> int:
     scenarios = [("idle", 0, None, "yes")] + [(f"beside {args.busy} busy ({k})", args.busy, None, k) for k in kinds] \
         + [(f"taskset {args.quota} CPU", 0, quota_cpus, "yes")]
     lines = [f"$ .venv/bin/python bench/contention.py {' '.join(sys.argv[1:])}".rstrip(),
-             f"{time.strftime('%Y-%m-%d %H:%M')} UTC; host CPUs {host}; images: {len(os.listdir(images))} in "
-             f"{args.images}; baseline: {args.baseline_rev}; median of {args.repeat}; seconds per predict process", ""]
+             f"{time.strftime('%Y-%m-%d %H:%M')} UTC; host CPUs {host}; images: {count} in "
+             f"{args.tables or args.images}; baseline: {args.baseline_rev}; median of {args.repeat}; seconds per predict process", ""]
     print("\n".join(lines), flush=True)
     runs: dict[tuple[str, str], list[float]] = {}
     try:
