@@ -1,6 +1,7 @@
 """The kaggle profile's wiring, end to end, with tiny random CLIPs swapped in through the same profile keys."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +262,8 @@ def test_doctor_says_the_head_is_missing_and_how_to_train_it(kaggle_tiny, tmp_pa
 
 def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggle_tiny, tmp_path, home):
     """generate-pairs (a tiny random diffusers pipeline) -> a resumable pairs table -> train-regressor
-    --finetune -> the head and its tower listed in regress.heads serve predictions."""
+    --finetune -> the head and its tower listed in regress.heads serve predictions; a second tower, then
+    fit-ensemble writes a profile that serves their weighted average."""
     pytest.importorskip("diffusers")
     import polars as pl
     import torch
@@ -311,3 +313,34 @@ def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggl
         expected = head(torch.from_numpy(space.encode_images([load_image(EXAMPLES / "cat.jpg")]))).numpy()[0]
     np.testing.assert_allclose(served, expected / np.linalg.norm(expected), atol=1e-4)
     assert meta["feature_model_id"] == space.model_id and meta["mode"] == "finetune"
+
+    # fit-ensemble: a second fine-tuned tower (another seed), weights chosen on held-out pairs, the written
+    # profile serves the weighted average of both heads, each through its own tower
+    second = home / "heads" / "kaggle-ft2.pt"
+    res = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--finetune", "--pairs", str(gen / "pairs.parquet"),
+                  "--epochs", "1", "--lp-epochs", "1", "--batch-size", "4", "--workers", "0", "--val-fraction", "0.25",
+                  "--warmup-steps", "1", "--ema-decay", "0.5", "--seed", "1", "--head-lr", "0.3", "--out", str(second))
+    assert res.returncode == 0, res.stderr
+    written = tmp_path / "kaggle-ens.toml"
+    res = run_cli("fit-ensemble", "--profile", str(kaggle_tiny), "--table", str(gen / "pairs.parquet"), str(out),
+                  str(second), "--write-profile", str(written))
+    assert res.returncode == 0, res.stderr
+    assert f"{out}: validation cosine" in res.stdout and f"{second}: validation cosine" in res.stdout
+    chosen = re.search(r"chosen weights \[([0-9.]+), ([0-9.]+)\]", res.stdout)
+    weights = [float(chosen[1]), float(chosen[2])]
+    assert sum(weights) == pytest.approx(1.0)
+    import tomllib
+
+    refs = tomllib.loads(written.read_text())["regress"]["heads"]
+    assert [(r["path"], r["weight"]) for r in refs] == [(p, w) for p, w in zip((str(out), str(second)), weights) if w > 0]
+    res = run_cli("predict", "--profile", str(written), str(EXAMPLES / "cat.jpg"), "--json", "--mode", "fast")
+    assert res.returncode == 0, res.stderr
+    served = np.array(json.loads(res.stdout)["stage_embeddings"]["regressor"])
+    total = np.zeros(384)
+    for path, weight in zip((out, second), weights):
+        head, _ = load_head_file(path)
+        space = FineTunedSpace(path.with_name(path.stem + ".tower.pt"))
+        with torch.no_grad():
+            p = head(torch.from_numpy(space.encode_images([load_image(EXAMPLES / "cat.jpg")]))).numpy()[0]
+        total += weight * p / np.linalg.norm(p)
+    np.testing.assert_allclose(served, total / np.linalg.norm(total), atol=1e-4)

@@ -8,7 +8,10 @@
 * An EMA of the weights (``torch.optim.swa_utils.AveragedModel`` with its EMA averaging function); the EMA
   is what is validated and saved.
 * Augmentations from torchvision.transforms.v2: random resized crop at the training resolution, RandAugment
-  without posterize, solarize or equalize, random erasing.
+  without posterize, solarize or equalize (and, unless ``colour_augment``, without its colour ops: a prompt
+  names colours), random erasing.
+* BatchNorm (the EfficientNet towers): FT keeps the pretrained running statistics (``batchnorm="frozen"``,
+  eval mode; the affine weights train), as is usual when a batch per process is small.
 * CUDA: autocast in bf16 (or fp16 with a gradient scaler) and gradient checkpointing; the CPU runs fp32.
 * Resumable after kill -9: every ``checkpoint_every`` steps and at every epoch's end the run folder's
   ``checkpoint.pt`` is replaced atomically with the model, optimizer, EMA, scheduler, scaler, the position
@@ -47,6 +50,7 @@ from retriever.heads.towers import Tower, TowerSpec, build_tower, eval_transform
 
 CHECKPOINT = "checkpoint.pt"
 DROPPED_OPS = ("Posterize", "Solarize", "Equalize")  # the 3rd place's RandAugment leaves these out
+COLOUR_OPS = ("Brightness", "Color", "Contrast", "AutoContrast")  # kept only with colour_augment
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -72,12 +76,14 @@ def split_by_prompt(prompts: Sequence[str], fraction: float, seed: int) -> tuple
 
 
 class SafeRandAugment:
-    """torchvision v2 RandAugment with posterize, solarize and equalize removed from its op space."""
+    """torchvision v2 RandAugment with posterize, solarize and equalize removed from its op space (and its
+    colour ops unless ``colour``)."""
 
-    def __new__(cls, num_ops: int, magnitude: int):
+    def __new__(cls, num_ops: int, magnitude: int, colour: bool = True):
         from torchvision.transforms import v2
 
-        space = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in DROPPED_OPS}
+        dropped = DROPPED_OPS + (() if colour else COLOUR_OPS)
+        space = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in dropped}
         klass = type("SafeRandAugment", (v2.RandAugment,), {"_AUGMENTATION_SPACE": space})
         return klass(num_ops=num_ops, magnitude=magnitude)
 
@@ -90,7 +96,7 @@ def train_transform(spec: TowerSpec, cfg: FinetuneConfig):
     return v2.Compose([
         v2.ToImage(),
         v2.RandomResizedCrop(spec.resolution, scale=(cfg.crop_scale, 1.0), antialias=True),
-        SafeRandAugment(cfg.randaug_ops, cfg.randaug_magnitude),
+        SafeRandAugment(cfg.randaug_ops, cfg.randaug_magnitude, cfg.colour_augment),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(spec.mean), list(spec.std)),
         v2.RandomErasing(p=cfg.erase_p),
