@@ -182,3 +182,41 @@ def test_frozen_batchnorm_keeps_the_pretrained_statistics_while_the_tower_trains
         assert not torch.equal(state["net._conv_stem.weight"], pretrained["net._conv_stem.weight"])
     with pytest.raises(UnpromptError, match="batchnorm must be one of frozen, train"):
         set_phase(model, "ft", "sync")
+    from api.cli.train import BATCHNORMS as CLI_CHOICES
+    from retriever.heads.finetune import BATCHNORMS
+
+    assert CLI_CHOICES == BATCHNORMS
+
+
+def test_randaugment_leaves_out_posterize_solarize_equalize_and_by_default_the_colour_ops():
+    from retriever.heads.config import FinetuneConfig
+    from retriever.heads.finetune import COLOUR_OPS, DROPPED_OPS, train_transform
+    from retriever.heads.towers import TowerSpec
+
+    spec = TowerSpec("efficientnet", "efficientnet-lite0", 32)
+    for colour in (False, True):
+        tf = train_transform(spec, FinetuneConfig(colour_augment=colour))
+        ops = set(next(t for t in tf.transforms if type(t).__name__ == "SafeRandAugment")._AUGMENTATION_SPACE)
+        assert not ops & set(DROPPED_OPS) and {"Rotate", "ShearX", "TranslateY", "Sharpness"} <= ops
+        assert ops & set(COLOUR_OPS) == (set(COLOUR_OPS) if colour else set())
+
+
+def test_a_given_start_head_is_kept_when_fine_tuning_cannot_beat_it_on_validation(case, reference):
+    from dataclasses import replace
+
+    from retriever.heads.finetune import finetune
+    from retriever.heads.model import load_head_file
+    from retriever.heads.towers import build_tower
+
+    root, pairs, spec, cfg = case
+    start, _ = load_head_file(reference[0].head_path)  # a trained head: the start to beat
+    wild = replace(cfg, lp_epochs=0, epochs=1, lr=30.0, warmup_steps=0)  # FT at a rate that wrecks the tower
+    result = finetune(pairs, spec, wild, root / "kept" / "head.pt", root / "kept-run", init_head=start)
+    assert [h["phase"] for h in result.history] == ["start", "ft"]
+    assert result.history[1]["val_loss"] > result.history[0]["val_loss"] == result.best_val_loss
+    head, meta = load_head_file(result.head_path)
+    assert meta["metrics"]["epoch"] == 0 and meta["metrics"]["val_loss"] == result.history[0]["val_loss"]
+    kept, _ = load_head_file(reference[0].head_path)
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), kept.state_dict().values()))
+    pretrained = build_tower(spec).state_dict()
+    assert all(torch.equal(_tower_state(root / "kept" / "head.tower.pt")[k], v) for k, v in pretrained.items())
