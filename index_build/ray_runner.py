@@ -28,7 +28,7 @@ EncoderFactory = Callable[[], TextEncoder]
 READY_TIMEOUT_S = 600.0  # a bigG text tower loads in about a minute from a local disk; downloads take longer
 
 
-def gpus_per_actor(cluster: Mapping[str, float]) -> float:
+def actor_gpus(cluster: Mapping[str, float]) -> float:
     """One GPU an actor where the cluster has GPUs (Ray's totals: the driver may be a CPU-only head), none
     otherwise: the actors then run on CPUs."""
     return 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
@@ -44,7 +44,7 @@ def actor_count(asked: int, cluster: Mapping[str, float], cpus_per_actor: float,
         limits.append((int(cluster.get("CPU", 0) // cpus_per_actor), f"{cluster.get('CPU', 0):g} CPU"))
     fit, what = min(limits, default=(asked, ""))
     if fit < 1:
-        raise UnpromptError(f"the Ray cluster has {what}; an {role} actor needs {gpus_per_actor:g} GPU and "
+        raise UnpromptError(f"the Ray cluster has {what}; one {role} actor needs {gpus_per_actor:g} GPU and "
                             f"{cpus_per_actor:g} CPU: add a node with them, or run without --ray")
     if fit < asked:
         return fit, f"{asked} {role} actors asked for, the Ray cluster holds {fit} ({what})"
@@ -72,7 +72,7 @@ class RayRunner:
                  ready_timeout: float = READY_TIMEOUT_S, role: str = "encoder") -> None:
         """``towers``: model id -> factory of that text tower (``partial(text_tower_for, spec)``), or of any
         object with ``encode_text(texts) -> array`` (generate-pairs' pipeline). ``num_gpus_per_actor=None``:
-        ``gpus_per_actor`` of the cluster's totals."""
+        ``actor_gpus`` of the cluster's totals."""
         ray = import_ray()
         if not ray.is_initialized():
             try:
@@ -84,7 +84,7 @@ class RayRunner:
         self._ray, self.towers, self.role = ray, dict(towers), role
         cluster = ray.cluster_resources()
         if num_gpus_per_actor is None:
-            num_gpus_per_actor = gpus_per_actor(cluster)
+            num_gpus_per_actor = actor_gpus(cluster)
         self.num_gpus_per_actor = num_gpus_per_actor
         n, self.capped = actor_count(max(1, actors), cluster, num_cpus_per_actor, num_gpus_per_actor, role)
         if self.capped:

@@ -188,7 +188,7 @@ def test_frozen_batchnorm_keeps_the_pretrained_statistics_while_the_tower_trains
     assert CLI_CHOICES == BATCHNORMS
 
 
-def test_randaugment_leaves_out_posterize_solarize_equalize_and_by_default_the_colour_ops():
+def test_randaugment_leaves_out_posterize_solarize_equalize_and_the_colour_ops_on_request():
     from retriever.heads.config import FinetuneConfig
     from retriever.heads.finetune import COLOUR_OPS, DROPPED_OPS, train_transform
     from retriever.heads.towers import TowerSpec

@@ -75,29 +75,24 @@ def test_actors_are_ready_checked_with_a_timeout(local_ray):
 
 
 def test_generate_pairs_on_a_ray_actor_writes_the_local_table_and_images(tmp_path, local_ray):
-    """generate-pairs' Ray path: the pipeline factory under its runner key, one CPU actor (the 2-CPU cluster
-    has no GPU, so none is asked for), the same pairs table and images as a local run."""
+    """`generate-pairs --ray`: the pipeline factory under its runner key, one CPU actor (the 2-CPU cluster has
+    no GPU, so none is asked for), the same pairs table and images as a local run."""
     pytest.importorskip("diffusers")
-    from functools import partial
-
     import polars as pl
     from PIL import Image
 
-    from index_build.generate import GenerateOptions, generate_pairs, generator_for, pipeline_id
-    from index_build.ray_runner import RayRunner
+    from conftest import run_cli
     from tiny_diffusers import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(tmp_path / "tiny-sd")
-    opts = GenerateOptions(model=str(pipe), steps=2, guidance=1.0, seeds=2, size=32, shard_size=2)
-    prompts = ["a red fox in the snow", "a lighthouse at dusk, oil painting", "a bowl of ramen, photo"]
-    local = pl.read_parquet(generate_pairs(prompts, tmp_path / "local", opts, progress=False))
-    runner = RayRunner({pipeline_id(opts): partial(generator_for, opts, str(tmp_path / "ray"))}, actors=1,
-                       num_gpus_per_actor=None, role="pipeline")
-    assert runner.num_gpus_per_actor == 0 and len(runner._actors) == 1
-    try:
-        remote = pl.read_parquet(generate_pairs(prompts, tmp_path / "ray", opts, runner=runner, progress=False))
-    finally:
-        runner.shutdown()
+    (tmp_path / "p.txt").write_text("a red fox in the snow\na lighthouse at dusk, oil painting\na bowl of ramen\n")
+    args = ["generate-pairs", "--prompts", str(tmp_path / "p.txt"), "--model", str(pipe), "--steps", "2",
+            "--guidance", "1", "--seeds", "2", "--size", "32", "--shard-size", "2", "--quiet"]
+    res = run_cli(*args, "--out", str(tmp_path / "local"))
+    assert res.returncode == 0, res.stderr
+    res = run_cli(*args, "--out", str(tmp_path / "ray"), "--ray", "--ray-actors", "1")
+    assert res.returncode == 0, res.stderr
+    local, remote = (pl.read_parquet(tmp_path / d / "pairs.parquet") for d in ("local", "ray"))
     assert remote.height == 6 and remote.equals(local)
     for name in local["image"]:
         a, b = (np.asarray(Image.open(tmp_path / d / name), np.float32) for d in ("local", "ray"))
@@ -107,10 +102,10 @@ def test_generate_pairs_on_a_ray_actor_writes_the_local_table_and_images(tmp_pat
 def test_ray_placement_follows_the_cluster_and_a_missing_ray_says_how_to_install(monkeypatch):
     import sys
 
-    from index_build.ray_runner import gpus_per_actor, import_ray
+    from index_build.ray_runner import actor_gpus, import_ray
 
-    assert gpus_per_actor({"CPU": 16, "GPU": 4}) == 1 and gpus_per_actor({"CPU": 2}) == 0
-    assert gpus_per_actor({"CPU": 8, "GPU": 0.5}) == 0  # a fractional GPU holds no whole-GPU actor
+    assert actor_gpus({"CPU": 16, "GPU": 4}) == 1 and actor_gpus({"CPU": 2}) == 0
+    assert actor_gpus({"CPU": 8, "GPU": 0.5}) == 0  # a fractional GPU holds no whole-GPU actor
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(UnpromptError, match=r"--ray needs Ray.*pip install 'unprompt\[ray\]'"):
         import_ray()

@@ -64,7 +64,7 @@ def _run_finetune(args: argparse.Namespace, profile) -> int:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
         grad_checkpointing=not args.no_grad_checkpointing, augment=not args.no_augment,
-        colour_augment=args.colour_augment, batchnorm=args.batchnorm, workers=args.workers,
+        colour_augment=not args.no_colour_augment, batchnorm=args.batchnorm, workers=args.workers,
         checkpoint_every=args.checkpoint_every)
     result = finetune_regressor(profile, cfg, args.pairs, out=args.out, run_dir=args.run_dir, prompts=args.prompts,
                                 init_head=args.init_head, image_column=args.image_column,
@@ -119,8 +119,8 @@ def register(sub) -> None:
     ft.add_argument("--no-grad-checkpointing", action="store_true", help="keep activations (CUDA checkpoints by default)")
     ft.add_argument("--no-augment", action="store_true",
                     help="no random resized crop, RandAugment (without posterize/solarize/equalize) or random erasing")
-    ft.add_argument("--colour-augment", action="store_true",
-                    help="let RandAugment change brightness, colour and contrast too (off: prompts name colours)")
+    ft.add_argument("--no-colour-augment", action="store_true",
+                    help="keep RandAugment off brightness, colour and contrast (for prompts that hinge on colours)")
     ft.add_argument("--batchnorm", choices=BATCHNORMS, default=FT.batchnorm,
                     help="FT: 'frozen' keeps the pretrained BatchNorm statistics (small batches), 'train' "
                          "re-estimates them from each batch")

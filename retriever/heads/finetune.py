@@ -8,8 +8,8 @@
 * An EMA of the weights (``torch.optim.swa_utils.AveragedModel`` with its EMA averaging function); the EMA
   is what is validated and saved.
 * Augmentations from torchvision.transforms.v2: random resized crop at the training resolution, RandAugment
-  without posterize, solarize or equalize (and, unless ``colour_augment``, without its colour ops: a prompt
-  names colours), random erasing.
+  without posterize, solarize or equalize (and without its colour ops when ``colour_augment`` is off),
+  random erasing.
 * BatchNorm (the EfficientNet towers): FT keeps the pretrained running statistics (``batchnorm="frozen"``,
   eval mode; the affine weights train), as is usual when a batch per process is small.
 * CUDA: autocast in bf16 (or fp16 with a gradient scaler) and gradient checkpointing; the CPU runs fp32.
@@ -50,7 +50,7 @@ from retriever.heads.towers import Tower, TowerSpec, build_tower, eval_transform
 
 CHECKPOINT = "checkpoint.pt"
 DROPPED_OPS = ("Posterize", "Solarize", "Equalize")  # the 3rd place's RandAugment leaves these out
-COLOUR_OPS = ("Brightness", "Color", "Contrast", "AutoContrast")  # kept only with colour_augment
+COLOUR_OPS = ("Brightness", "Color", "Contrast", "AutoContrast")  # left out when colour_augment is off
 
 
 # ---------------------------------------------------------------------------------------------- data
