@@ -293,6 +293,33 @@ def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggl
     assert all((gen / p).stat().st_mtime_ns == t for p, t in stamps.items() if p != lost)
     other = run_cli(*args, "--steps", "3")  # other settings into the same folder are refused
     assert other.returncode == 2 and "other prompts or settings" in other.stderr
+    # --ray, through an in-process stand-in for Ray's actors (tests/test_ray_build.py has the real one, opt-in):
+    # what the command hands the runner must pickle (Ray ships it to the actors) and key the shards' jobs
+    import pickle
+
+    import index_build.ray_runner as ray_runner
+
+    calls = {}
+
+    class InProcessRay:
+        def __init__(self, towers, actors, address, num_gpus_per_actor, role):
+            calls.update(actors=actors, gpus=num_gpus_per_actor, role=role, keys=set(towers))
+            self.built = {k: f() for k, f in pickle.loads(pickle.dumps(towers)).items()}
+
+        def run(self, jobs):
+            for job in jobs:
+                yield job, self.built[job.model_id].encode_text(job.texts())
+
+        def shutdown(self):
+            calls["shutdown"] = True
+
+    ray_args = [a if a != str(gen) else str(tmp_path / "generated-ray") for a in args]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_runner, "RayRunner", InProcessRay)
+        res = run_cli(*ray_args, "--ray", "--ray-actors", "3")
+    assert res.returncode == 0, res.stderr
+    assert calls == {"actors": 3, "gpus": None, "role": "pipeline", "keys": {f"diffusers:{pipe}"}, "shutdown": True}
+    assert pl.read_parquet(tmp_path / "generated-ray" / "pairs.parquet").equals(table)
 
     out = home / "heads" / "kaggle-ft.pt"
     out.parent.mkdir(exist_ok=True)
