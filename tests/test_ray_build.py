@@ -77,11 +77,12 @@ def test_actors_are_ready_checked_with_a_timeout(local_ray):
 
 def test_generate_pairs_on_a_ray_actor_writes_the_local_table_and_images(tmp_path, local_ray):
     """`generate-pairs --ray` on real Ray: the pipeline factory under its runner key, one CPU actor (the 2-CPU
-    cluster has no GPU, so none is asked for), the same pairs table and images as a local run. Opt-in: the
-    actor's start (a worker importing torch, transformers and diffusers) takes 10-30 s on 2 cores, more than
-    the suite's budget; tests/test_kaggle_tiny.py runs the same CLI path through an in-process stand-in."""
+    cluster has no GPU, so none is asked for), the same pairs table and images as a local run. Opt-in: it
+    takes 6 s on a quiet 2-core machine and 30 s on a busy one (the actor's worker imports torch,
+    transformers and diffusers), beyond the suite's budget; tests/test_kaggle_tiny.py runs the same CLI path
+    through an in-process stand-in."""
     if os.environ.get("UNPROMPT_RAY_E2E") != "1":
-        pytest.skip("set UNPROMPT_RAY_E2E=1: a Ray worker importing diffusers takes 10-30 s to start")
+        pytest.skip("set UNPROMPT_RAY_E2E=1: a Ray worker importing diffusers takes 6-30 s to start")
     pytest.importorskip("diffusers")
     import polars as pl
     from PIL import Image
