@@ -69,6 +69,11 @@ def plan_rows(prompts: Sequence[str], opts: GenerateOptions) -> list[dict]:
     return rows
 
 
+def pipeline_id(opts: GenerateOptions) -> str:
+    """The runner's key for the pipeline (a Ray runner's actors build it from the factory under this key)."""
+    return f"diffusers:{opts.model}"
+
+
 class PairGenerator:
     """The runner's "encoder": ``encode_text`` takes a shard's rows (JSON) and writes their images; it returns
     one flag a row (1: the image is in the cache)."""
@@ -76,7 +81,7 @@ class PairGenerator:
     def __init__(self, opts: GenerateOptions, out: str | Path) -> None:
         self.opts, self.out = opts, Path(out)
         self.pipe = load_pipeline(opts.model)
-        self.model_id = f"diffusers:{opts.model}"
+        self.model_id = pipeline_id(opts)
         self.dim = 1
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -206,7 +211,7 @@ def generate_pairs(prompts: Sequence[str], out: str | Path, opts: GenerateOption
         if not part.is_file():
             with atomic_write(part, fsync=False) as tmp:
                 pl.DataFrame({"text": [json.dumps(r) for r in chunk]}).write_parquet(tmp)
-        jobs.append(ShardJob("pairs", done, part, len(chunk)))
+        jobs.append(ShardJob("pairs", done, part, len(chunk), pipeline_id(opts)))
     if jobs:
         runner = runner or _local_runner(opts, out)
         with tqdm(total=sum(j.rows for j in jobs), desc="generate", unit="image", disable=not progress) as bar:

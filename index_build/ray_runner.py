@@ -28,8 +28,14 @@ EncoderFactory = Callable[[], TextEncoder]
 READY_TIMEOUT_S = 600.0  # a bigG text tower loads in about a minute from a local disk; downloads take longer
 
 
-def actor_count(asked: int, cluster: Mapping[str, float], cpus_per_actor: float, gpus_per_actor: float
-                ) -> tuple[int, str]:
+def actor_gpus(cluster: Mapping[str, float]) -> float:
+    """One GPU an actor where the cluster has GPUs (Ray's totals: the driver may be a CPU-only head), none
+    otherwise: the actors then run on CPUs."""
+    return 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+
+
+def actor_count(asked: int, cluster: Mapping[str, float], cpus_per_actor: float, gpus_per_actor: float,
+                role: str = "encoder") -> tuple[int, str]:
     """(actors to start, why fewer than asked): at most what the cluster's totals hold at once."""
     limits = []
     if gpus_per_actor > 0:
@@ -38,10 +44,10 @@ def actor_count(asked: int, cluster: Mapping[str, float], cpus_per_actor: float,
         limits.append((int(cluster.get("CPU", 0) // cpus_per_actor), f"{cluster.get('CPU', 0):g} CPU"))
     fit, what = min(limits, default=(asked, ""))
     if fit < 1:
-        raise UnpromptError(f"the Ray cluster has {what}; an encoder actor needs {gpus_per_actor:g} GPU and "
-                            f"{cpus_per_actor:g} CPU: add a node with them, or embed without --ray")
+        raise UnpromptError(f"the Ray cluster has {what}; one {role} actor needs {gpus_per_actor:g} GPU and "
+                            f"{cpus_per_actor:g} CPU: add a node with them, or run without --ray")
     if fit < asked:
-        return fit, f"{asked} encoder actors asked for, the Ray cluster holds {fit} ({what})"
+        return fit, f"{asked} {role} actors asked for, the Ray cluster holds {fit} ({what})"
     return asked, ""
 
 
@@ -50,17 +56,37 @@ def _first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else exc.__class__.__name__)[:300]
 
 
+def import_ray():
+    """The ``ray`` module, or a clear error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UnpromptError("--ray needs Ray, which is not installed: `pip install 'unprompt[ray]'` (on every node "
+                            "of the cluster), or run without --ray") from None
+    return ray
+
+
 class RayRunner:
     def __init__(self, towers: Mapping[str, EncoderFactory], actors: int = 2, address: str | None = None,
-                 num_cpus_per_actor: float = 1, num_gpus_per_actor: float = 0,
-                 ready_timeout: float = READY_TIMEOUT_S) -> None:
-        """``towers``: model id -> factory of that text tower (``partial(text_tower_for, spec)``)."""
-        import ray
-
+                 num_cpus_per_actor: float = 1, num_gpus_per_actor: float | None = 0,
+                 ready_timeout: float = READY_TIMEOUT_S, role: str = "encoder") -> None:
+        """``towers``: model id -> factory of that text tower (``partial(text_tower_for, spec)``), or of any
+        object with ``encode_text(texts) -> array`` (generate-pairs' pipeline). ``num_gpus_per_actor=None``:
+        ``actor_gpus`` of the cluster's totals."""
+        ray = import_ray()
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-        self._ray, self.towers = ray, dict(towers)
-        n, self.capped = actor_count(max(1, actors), ray.cluster_resources(), num_cpus_per_actor, num_gpus_per_actor)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UnpromptError(f"cannot start or reach Ray at {address or 'a local instance'}: "
+                                    f"{str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__}"
+                                    ) from None
+        self._ray, self.towers, self.role = ray, dict(towers), role
+        cluster = ray.cluster_resources()
+        if num_gpus_per_actor is None:
+            num_gpus_per_actor = actor_gpus(cluster)
+        self.num_gpus_per_actor = num_gpus_per_actor
+        n, self.capped = actor_count(max(1, actors), cluster, num_cpus_per_actor, num_gpus_per_actor, role)
         if self.capped:
             print(f"ray: {self.capped}", file=sys.stderr)
 
@@ -90,13 +116,13 @@ class RayRunner:
             ray.get(ready)
         except ray.exceptions.RayError as exc:
             self.shutdown()
-            raise UnpromptError(f"a Ray encoder actor failed to start: {_first_line(exc)}. Every node needs the "
+            raise UnpromptError(f"a Ray {self.role} actor failed to start: {_first_line(exc)}. Every node needs the "
                                 "same unprompt install as this one (or a runtime_env)") from None
         if waiting:
             free = ray.available_resources()
             self.shutdown()
             raise UnpromptError(
-                f"{len(waiting)} of {len(calls)} Ray encoder actors were not ready after {timeout:g} s (each asks "
+                f"{len(waiting)} of {len(calls)} Ray {self.role} actors were not ready after {timeout:g} s (each asks "
                 f"{cpus:g} CPU, {gpus:g} GPU; the cluster has {free.get('CPU', 0):g} CPU, {free.get('GPU', 0):g} GPU "
                 "free): free resources, lower --ray-actors, or check that every node has the same unprompt install")
 
@@ -123,6 +149,6 @@ class RayRunner:
             try:
                 vectors = ray.get(done[0])
             except ray.exceptions.RayError as exc:
-                raise UnpromptError(f"a Ray encoder actor failed on shard {job.path.name} of {job.source}: "
+                raise UnpromptError(f"a Ray {self.role} actor failed on shard {job.path.name} of {job.source}: "
                                     f"{_first_line(exc)}") from None
             yield job, vectors

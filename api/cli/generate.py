@@ -11,7 +11,7 @@ DEFAULTS = GenerateOptions()
 
 
 def run(args: argparse.Namespace) -> int:
-    from index_build.generate import generate_pairs, generator_for, read_prompt_source
+    from index_build.generate import generate_pairs, generator_for, pipeline_id, read_prompt_source
 
     opts = GenerateOptions(model=args.model, steps=args.steps, guidance=args.guidance, seeds=args.seeds,
                            size=args.size, batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed)
@@ -20,15 +20,18 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from functools import partial
 
-        import torch
-
         from index_build.ray_runner import RayRunner
 
-        # placed as build-index places its encoder actors: one GPU each when this machine has them
-        runner = RayRunner(partial(generator_for, opts, str(args.out)), actors=args.ray_actors,
-                           address=args.ray or None, num_gpus_per_actor=1 if torch.cuda.is_available() else 0)
-    table = generate_pairs(prompts, args.out, opts, runner=runner, shard_index=args.shard_index,
-                           num_shards=args.num_shards, progress=not args.quiet)
+        # placed as build-index places its encoder actors: one GPU each when the cluster's totals have GPUs
+        runner = RayRunner({pipeline_id(opts): partial(generator_for, opts, str(args.out))},
+                           actors=args.ray_actors, address=args.ray or None, num_gpus_per_actor=None,
+                           role="pipeline")
+    try:
+        table = generate_pairs(prompts, args.out, opts, runner=runner, shard_index=args.shard_index,
+                               num_shards=args.num_shards, progress=not args.quiet)
+    finally:
+        if runner is not None:
+            runner.shutdown()
     import polars as pl
 
     n = pl.scan_parquet(table).select(pl.len()).collect().item()

@@ -63,22 +63,13 @@ def run_build_index(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from functools import partial
 
-        import ray
-
         from index_build.ray_runner import RayRunner
         from retriever.encoders import text_tower_for
 
-        if not ray.is_initialized():
-            try:
-                ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UnpromptError(f"cannot start or reach Ray at {args.ray or 'a local instance'}: "
-                                    f"{str(exc).splitlines()[0][:200]}") from None
-        # an actor per GPU when the cluster has GPUs (Ray's totals, not this machine's), CPU actors otherwise
-        per_actor_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         specs = [profile.retrieve.space] + ([profile.rerank.space] if extras else [])
         towers = {tower.model_id: partial(text_tower_for, spec) for tower, spec in zip([encoder, *extras], specs)}
-        options.runner = RayRunner(towers, actors=args.ray_actors, num_gpus_per_actor=per_actor_gpus)
+        # an actor per GPU when the cluster has GPUs (Ray's totals, not this machine's), CPU actors otherwise
+        options.runner = RayRunner(towers, actors=args.ray_actors, address=args.ray or None, num_gpus_per_actor=None)
     if args.append:
         from index_build.append import append_index
 

@@ -7,11 +7,12 @@ import argparse
 
 from api.cli.common import bounded_float, bounded_int, command, positive_int
 from retriever.errors import UnpromptError
-from retriever.heads.config import FinetuneConfig, TrainConfig
+from retriever.heads.config import FT_LR, FinetuneConfig, TrainConfig
 
 DEFAULTS = TrainConfig()
 FT = FinetuneConfig()
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+BATCHNORMS = ("frozen", "train")  # retriever.heads.finetune.BATCHNORMS (not imported here: it loads torch)
 
 
 def _pick(value, head_default, finetune_default, finetune: bool):
@@ -62,7 +63,8 @@ def _run_finetune(args: argparse.Namespace, profile) -> int:
         head_lr=args.head_lr, lr=_pick(args.lr, 0, FT.lr, True), layer_decay=args.layer_decay,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
         val_fraction=args.val_fraction, seed=args.seed, precision=args.precision,
-        grad_checkpointing=not args.no_grad_checkpointing, augment=not args.no_augment, workers=args.workers,
+        grad_checkpointing=not args.no_grad_checkpointing, augment=not args.no_augment,
+        colour_augment=not args.no_colour_augment, batchnorm=args.batchnorm, workers=args.workers,
         checkpoint_every=args.checkpoint_every)
     result = finetune_regressor(profile, cfg, args.pairs, out=args.out, run_dir=args.run_dir, prompts=args.prompts,
                                 init_head=args.init_head, image_column=args.image_column,
@@ -90,7 +92,9 @@ def register(sub) -> None:
                    help=f"default {DEFAULTS.epochs}; with --finetune {FT.epochs} (after --lp-epochs)")
     p.add_argument("--batch-size", type=bounded_int(1, 1 << 20), default=None,
                    help=f"default {DEFAULTS.batch_size}; with --finetune {FT.batch_size} (the global batch)")
-    p.add_argument("--lr", type=bounded_float(0, 10, lo_open=True), default=None, help=f"(0 to 10) default {DEFAULTS.lr}; with --finetune {FT.lr}")
+    p.add_argument("--lr", type=bounded_float(0, 10, lo_open=True), default=None,
+                   help=f"(0 to 10) default {DEFAULTS.lr}; with --finetune the tower kind's: "
+                        + ", ".join(f"{k} {v:g}" for k, v in FT_LR.items()))
     p.add_argument("--val-fraction", type=bounded_float(0, 0.9), default=DEFAULTS.val_fraction,
                    help="held out for validation, 0 to 0.9 (with --finetune: a fraction of the prompts)")
     p.add_argument("--patience", type=positive_int, default=DEFAULTS.patience,
@@ -115,6 +119,11 @@ def register(sub) -> None:
     ft.add_argument("--no-grad-checkpointing", action="store_true", help="keep activations (CUDA checkpoints by default)")
     ft.add_argument("--no-augment", action="store_true",
                     help="no random resized crop, RandAugment (without posterize/solarize/equalize) or random erasing")
+    ft.add_argument("--no-colour-augment", action="store_true",
+                    help="keep RandAugment off brightness, colour and contrast (for prompts that hinge on colours)")
+    ft.add_argument("--batchnorm", choices=BATCHNORMS, default=FT.batchnorm,
+                    help="FT: 'frozen' keeps the pretrained BatchNorm statistics (small batches), 'train' "
+                         "re-estimates them from each batch")
     ft.add_argument("--workers", type=bounded_int(-1, 256), default=FT.workers, help="image decoding processes (-1: automatic)")
     ft.add_argument("--run-dir", default=None, help="resumable checkpoints (default: beside the head, <head>.run)")
     ft.add_argument("--checkpoint-every", type=positive_int, default=FT.checkpoint_every,
