@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     prior_emb, own_emb, long_emb = metric_embed(prior), metric_embed(own), metric_embed(long)
     prior_lab, own_lab = [train.label(t) for t in prior], [train.label(t) for t in own]
     long_lab = [train.label(t) for t in long]
-    g_prior = unit(prior_emb.mean(axis=0))
 
     query = unit(p + r)
 
@@ -173,10 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         scores.append(num / den)
     scores = np.array(scores)  # (settings, images): out-of-fold cosine of each image's final embedding
 
-    def margins(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:  # per setting, per table
-        return np.stack([rows[:, mask & (table == t)].mean(axis=1) - loo_cos[mask & (table == t)].mean()
-                         for t in range(len(DEV_TABLES))], axis=1)
-
     current = next(i for i, s in enumerate(settings) if s == {
         "regressor_weight": 1.0, "base": 0.5, "extra": 2.0, "uncertainty": "subject", "medium_centroid": 0.0,
         "neighbours": 0.0, "temperature": 0.1, "pool": "prior"})
@@ -198,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     def margins_of(rows: np.ndarray) -> list[float]:
         return [float(rows[table == t].mean() - loo_t[t]) for t in range(len(DEV_TABLES))]
 
-    i_photo, i_other, chosen = choose(np.ones(len(p), bool))
+    i_photo, i_other, _ = choose(np.ones(len(p), bool))
     single = int(np.argmax(np.stack([scores[:, table == t].mean(axis=1) - loo_t[t]
                                      for t in range(len(DEV_TABLES))], 1).min(axis=1)))
     nested = np.empty(len(p))
@@ -223,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "script": "bench/lite_blend_cv.py", "dump": "bench/lite_blend_dump.py over " + ", ".join(DEV_TABLES),
             "never_read": ["data_manifests/devset/heldout.csv", "data_manifests/devset/sd-dev-heldout.csv"],
-            "images": int(len(p)), "prompts": len(keys), "photo_decisions_out_of_fold": int(photo.sum()),
+            "images": len(p), "prompts": len(keys), "photo_decisions_out_of_fold": int(photo.sum()),
             "grid": GRID, "settings_searched": len(settings),
             "objective": "min over the two dev tables of (out-of-fold mean final cosine - LOO-prompt mean cosine); "
                          "one setting for photo decisions and one for the rest, from the Pareto fronts",

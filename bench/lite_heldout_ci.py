@@ -54,7 +54,7 @@ def main() -> int:
             results[name] = evaluate(it, REPO / table, progress=False, bootstrap=0,
                                      dev_table=REPO / dev if dev else None)
         after = results["after"]
-        col = lambda res, key: np.array([r.scores[key] for r in res.rows])  # noqa: E731
+        col = lambda res, key: np.array([r.scores[key] for r in res.rows])
         best = f"{col(after, 'baseline_prior_best_on_dev').mean():>11.4f}" if dev else f"{'-':>11}"
         print(f"{Path(table).name:<26}{col(after, 'assembled').mean():>10.4f}{col(results['before'], 'final').mean():>13.4f}"
               f"{col(after, 'final').mean():>12.4f}{col(after, 'baseline_prior_mean').mean():>11.4f}{best}"
