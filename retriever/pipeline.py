@@ -25,6 +25,7 @@ from retriever.stages.candidates import Candidate, Candidates, best_of_all, best
 from retriever.stages.describe import Describer
 from retriever.stages.negative import NegativePrompt
 from retriever.stages.prior import Prior
+from retriever.stages.shrink import Shrink
 from retriever.stages.recorded import ImageWithMetadata, RecordedPrompt, prepare
 from retriever.stages.regress import BridgeRegressor, Regressor, load_regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
@@ -147,6 +148,7 @@ class Interrogator:
         self.describer = Describer.for_profile(profile, retrieval, indexes, self.metric) if profile.describe.enabled \
             else None
         self.recorded = RecordedPrompt(self._metric_embed)
+        self.shrink = Shrink.load(profile.shrink, profile.metric_model, profile.blend.text_weight, profile.name)
 
     @classmethod
     def load(cls, profile: str | Profile | None = None, checksums: bool = False) -> "Interrogator":
@@ -221,6 +223,7 @@ class Interrogator:
             reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
         to_assemble, styles, confidence = reranked, [self.prior.style] * len(images), None
         mediums: list[dict[str, float] | None] = [None] * len(images)
+        descriptions = None
         if self.describer:
             with timer.stage("describe"):
                 descriptions = self.describer.describe(probabilities, images, features)
@@ -237,7 +240,8 @@ class Interrogator:
         with timer.stage("regress"):
             regressed = self.regressor.predict(images, retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
-            results = self._finish(assembled, reranked, regressed, stages, self._prior_weights(confidence, len(images)))
+            results = self._finish(assembled, reranked, regressed, stages, self._prior_weights(confidence, len(images)),
+                                   descriptions)
         for r, negative, unlike in zip(results, negatives, least_similar):
             r.negative_prompt, r.mode = negative, mode
             if mode == "negative":  # CLIP Interrogator's negative mode: the components least like the image
@@ -257,7 +261,7 @@ class Interrogator:
         return [base + extra * (1 - c) for c in confidence] if confidence is not None else [base] * n
 
     def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates], regressed: np.ndarray | None,
-                stages: bool, prior_weights: list[float]) -> list[Interrogation]:
+                stages: bool, prior_weights: list[float], descriptions=None) -> list[Interrogation]:
         tops = [_top_subject(c) for c in reranked]
         templates = [a.template.text if a.template else a.text for a in assembled]
         if self._rerank_is_metric:  # the rerank space is the metric's: reuse its (stored) embeddings
@@ -277,8 +281,12 @@ class Interrogator:
             named["prompt"] = prompt_emb[i]
             if reg is not None:
                 named["regressor"] = reg
-            final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
-                          self.prior.metric, prior_weights[i])
+            if self.shrink and descriptions:  # lite: toward a centroid chosen by the image's medium decision
+                d = descriptions[i]
+                final = self.shrink.final(prompt_emb[i], reg, d.medium, d.mediums, d.confidence)
+            else:
+                final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
+                              self.prior.metric, prior_weights[i])
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
             results.append(Interrogation(a.text, tops[i].text, final, named, cands, a.tried,
                                          template_candidates=a.template_count))

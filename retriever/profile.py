@@ -16,7 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from retriever.encoders.minilm import METRIC_MODEL
 from retriever.errors import ProfileError
-from retriever.stage_configs import BlendConfig, DescribeConfig, MetadataConfig, NegativeConfig, PriorConfig
+from retriever.stage_configs import (BlendConfig, DescribeConfig, MetadataConfig, NegativeConfig, PriorConfig,
+                                     ShrinkConfig)
 from retriever.strict import Strict as _Strict, format_validation_error
 
 DEFAULT_PROFILE = "lite"
@@ -162,6 +163,7 @@ class Profile(_Strict):
     regress: RegressConfig
     blend: BlendConfig
     prior: PriorConfig = PriorConfig()
+    shrink: ShrinkConfig = ShrinkConfig()
     negative: NegativeConfig = NegativeConfig()
     describe: DescribeConfig = DescribeConfig()
     metadata: MetadataConfig = MetadataConfig()

@@ -47,6 +47,42 @@ class PriorConfig(_Strict):
     blend_weight: float = Field(default=0.0, ge=0, description="weight of the prior in the final blend")
 
 
+class ShrinkSetting(_Strict):
+    """One decision's shrinkage: final = normalize(wt * prompt + regressor_weight * regressor + w * centroid),
+    w = base + extra * (1 - the subject's confidence); centroid = normalize((1 - medium_centroid - neighbours) *
+    pool mean + medium_centroid * the medium head's mixture of per-medium pool means + neighbours * the pool's
+    prompts softmax-weighted by cosine to the image's own answer over ``temperature``)."""
+
+    regressor_weight: float = Field(ge=0)
+    base: float = Field(ge=0)
+    extra: float = Field(ge=0)
+    medium_centroid: float = Field(default=0.0, ge=0, le=1)
+    neighbours: float = Field(default=0.0, ge=0, le=1)
+    temperature: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _a_mixture(self) -> "ShrinkSetting":
+        if self.medium_centroid + self.neighbours > 1:
+            raise ValueError("shrink: medium_centroid + neighbours must not exceed 1")
+        return self
+
+
+class ShrinkConfig(_Strict):
+    """Lite's final embedding shrunk toward a centroid of prompt pool (``centroids``: an .npz of metric-space
+    embeddings and their mediums, retriever/data/make_centroids.py), one setting for images the medium decision
+    calls photos and one for the rest. Off (no ``centroids``): the prior's blend weight applies."""
+
+    centroids: str | None = None
+    photo: ShrinkSetting | None = None
+    other: ShrinkSetting | None = None
+
+    @model_validator(mode="after")
+    def _both_settings(self) -> "ShrinkConfig":
+        if self.centroids and (self.photo is None or self.other is None):
+            raise ValueError("shrink.centroids needs both [shrink.photo] and [shrink.other]")
+        return self
+
+
 GENERIC_PARENTS = ["entity", "physical entity", "object", "whole", "artifact", "living thing", "organism",
                    "instrumentality", "chordate", "vertebrate", "placental", "matter", "solid", "substance",
                    "abstraction", "covering", "structure", "device", "implement", "commodity", "equipment",

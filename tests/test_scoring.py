@@ -120,11 +120,13 @@ def test_score_cli_prints_mean_count_interval_and_errors_cleanly(tmp_path):
 
 @pytest.fixture(scope="module")
 def prompt_only_profile(tmp_path_factory, lite_profile):
-    """lite with the blend on the prompt alone (no regressor, no prior), so the final embedding is MiniLM(prompt)."""
+    """lite with the blend on the prompt alone (no regressor, no prior, no shrinkage), so the final embedding is
+    MiniLM(prompt)."""
     text = (REPO / "retriever" / "profiles" / "lite.toml").read_text()
     text = re.sub(r"(?m)^regressor_weight = [0-9.]+", "regressor_weight = 0.0", text)
     text = re.sub(r"(?m)^blend_weight = [0-9.]+", "blend_weight = 0.0", text)
     text = re.sub(r"(?m)^uncertainty_prior_weight = [0-9.]+", "", text)
+    text = re.sub(r"(?m)^centroids = .*$", "", text)  # [shrink] off
     assert "blend_weight = 0.0" in text and "regressor_weight = 0.0" in text
     path = tmp_path_factory.mktemp("profiles") / "lite-prompt.toml"
     path.write_text(text)

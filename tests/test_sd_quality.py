@@ -128,3 +128,70 @@ def test_prior_baselines_choose_on_the_dev_table_and_leave_whole_prompts_out():
     out = prior_baselines(prior, truth, ["a fantasy castle painting, artstation"], settings)
     assert settings["prior_best_on_dev"] == prior[1] and settings["prior_oracle"] == prior[0]
     assert out["prior_oracle"].mean() > out["prior_best_on_dev"].mean() and out["prior_mean"].shape == (2,)
+
+
+def test_the_shrink_settings_are_the_cross_validated_choice_and_its_pool_never_saw_the_held_out_halves():
+    from retriever.profile import load_profile
+    from retriever.stages.shrink import Shrink
+
+    profile = load_profile("lite")
+    record = json.loads((REPO / "bench" / "results" / "lite-blend-cv.json").read_text())
+    assert not {"heldout.csv", "sd-dev-heldout.csv"} & {t.rsplit("/", 1)[-1] for t in record["dump"].split(", ")}
+    for decision in ("photo", "other"):  # the profile holds what the search chose, nothing tuned by hand
+        chosen, shipped = record["chosen"][decision], getattr(profile.shrink, decision).model_dump()
+        assert chosen["pool"] == "prior+dev" and chosen["uncertainty"] == "subject"
+        assert all(shipped[k] == chosen[k] for k in ("regressor_weight", "base", "extra", "medium_centroid"))
+        assert shipped["neighbours"] == chosen["neighbours"]
+        assert not chosen["neighbours"] or shipped["temperature"] == chosen["temperature"]
+    meta = json.loads((REPO / "retriever" / "data" / "centroids.json").read_text())
+    assert set(meta["sources"]) == {"retriever/data/prior_prompts.txt", "data_manifests/devset/dev.csv"}
+    shrink = Shrink.load(profile.shrink, profile.metric_model, 1.0, "lite")
+    assert shrink is not None and len(shrink.pool) == meta["prompts"] and "photo" in shrink.by_medium
+
+
+def _unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_shrinkage_grows_with_uncertainty_and_follows_the_medium_decision():
+    from retriever.stage_configs import ShrinkConfig, ShrinkSetting
+    from retriever.stages.shrink import Shrink
+
+    pool = np.eye(4, dtype=np.float32)  # four pool prompts: a photo, a painting and two of digital art
+    config = ShrinkConfig(centroids="x.npz", photo=ShrinkSetting(regressor_weight=0, base=0, extra=4, neighbours=1,
+                                                                 temperature=0.05),
+                          other=ShrinkSetting(regressor_weight=1, base=0, extra=4, medium_centroid=1))
+    shrink = Shrink(config, pool, ["photo", "painting", "digital art", "digital art"], text_weight=1.0)
+    prompt, reg = _unit([1, 0.2, 0, 0]), _unit([1, 0, 0, 0])
+    sure = shrink.final(prompt, reg, "photo", None, confidence=1.0)
+    unsure = shrink.final(prompt, reg, "photo", None, confidence=0.0)
+    assert np.allclose(sure, prompt, atol=1e-6)  # sure subject: the answer itself (the photo setting: no regressor)
+    assert np.isclose(np.linalg.norm(unsure), 1) and unsure[0] > 0.99  # toward the pool prompt nearest the answer
+    render = shrink.final(prompt, reg, "digital art", {"digital art": 0.9, "photo": 0.1}, confidence=0.0)
+    assert render[2] == pytest.approx(render[3]) and render[2] > render[0] > 0  # the medium's pool mean pulls
+    assert shrink.setting("photo") is config.photo and shrink.setting("anime") is config.other
+
+
+def test_bad_shrink_settings_and_centroids_are_profile_errors(tmp_path):
+    from pydantic import ValidationError
+
+    from retriever.errors import ProfileError
+    from retriever.stage_configs import ShrinkConfig, ShrinkSetting
+    from retriever.stages.shrink import Shrink
+
+    with pytest.raises(ValidationError, match="must not exceed 1"):
+        ShrinkSetting(regressor_weight=1, base=0, extra=1, medium_centroid=0.75, neighbours=0.5)
+    with pytest.raises(ValidationError, match="needs both"):
+        ShrinkConfig(centroids="c.npz")
+    setting = ShrinkSetting(regressor_weight=1, base=0, extra=1)
+    for name, content in (("garbage.npz", b"not an npz"), ("other-model.npz", None)):
+        path = tmp_path / name
+        if content is None:
+            np.savez(path, embeddings=np.eye(3, dtype=np.float32), mediums=np.array(["photo"] * 3),
+                     model=np.array("some/other-model"))
+        else:
+            path.write_bytes(content)
+        config = ShrinkConfig(centroids=str(path), photo=setting, other=setting)
+        with pytest.raises(ProfileError, match="shrink.centroids"):
+            Shrink.load(config, "sentence-transformers/all-MiniLM-L6-v2", 1.0, "lite")

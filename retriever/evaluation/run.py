@@ -147,6 +147,8 @@ def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = 
     baselines = {"constant": const, "mean": mean_cos}
     settings = {"table": str(table), "seed": seed, "bootstrap": bootstrap, "constant_prompt": constant_prompt,
                 "mean_baseline": mean_note, "blend": interrogator.profile.blend.model_dump()}
+    if interrogator.profile.shrink.centroids:
+        settings["shrink"] = interrogator.profile.shrink.model_dump()
     prior = _prior_prompts(interrogator)
     if prior:
         baselines.update(prior_baselines(prior, truth_emb, dev_truths, settings))
