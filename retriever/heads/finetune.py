@@ -120,7 +120,7 @@ class PairImages(Dataset):
         from retriever.images import load_image
 
         row, seed = item
-        y = torch.from_numpy(np.asarray(self.pairs.targets[row], np.float32))
+        y = torch.from_numpy(np.array(self.pairs.targets[row], np.float32))  # a copy: the targets are memory-mapped read-only
         try:
             image = load_image(self.pairs.paths[row])
         except (UnpromptError, OSError, MemoryError):
