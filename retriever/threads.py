@@ -4,7 +4,7 @@ The CPUs a process may really use are fewer than ``os.cpu_count()`` more often t
 (``taskset``, a cpuset) and its cgroup's CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1: a pod
 limited to 2 CPUs on a 64-core host). Of those, the ones other processes keep busy right now are not free either:
 an OpenMP pool wider than the free CPUs makes every parallel region wait for its slowest, descheduled thread
-(measured 8x slower beside two busy processes on 2 cores; bench/contention.py).
+(on 2 cores beside two other PyTorch jobs, today's code ran 5.4x faster than a pool of 2; bench/contention.py).
 
 So the default is the free share of the usable CPUs, at least one, measured at start from the number of
 runnable tasks (``/proc/loadavg``'s fourth field, sampled a few times: the 1-minute load average lags a minute
