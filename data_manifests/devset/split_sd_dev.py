@@ -14,7 +14,6 @@ on demand and never committed (.gitignore); run this before evaluating on them (
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -34,7 +33,14 @@ def split(prompts: list[str], seed: int = SEED) -> tuple[set[str], set[str]]:
 
 
 def main(source: Path) -> None:
-    frame = pl.read_csv(source / "prompts.csv", infer_schema=False)
+    table = source / "prompts.csv"
+    if not table.is_file():
+        raise SystemExit(f"split_sd_dev: no {table}: the SD dev set lives in ../shared/sd-dev beside the repository "
+                         "(prompts.csv and images/)")
+    if source.resolve() != (HERE / SHARED).resolve():
+        raise SystemExit(f"split_sd_dev: the tables name their images as {SHARED.as_posix()}/images/...; "
+                         f"{source} is elsewhere: link it there instead")
+    frame = pl.read_csv(table, infer_schema=False)
     dev, _ = split(frame["prompt"].to_list())
     frame = frame.with_columns(pl.concat_str(pl.lit(SHARED.as_posix() + "/"), pl.col("image")).alias("image"))
     for name, rows in (("sd-dev-dev.csv", frame.filter(pl.col("prompt").is_in(dev))),
@@ -44,4 +50,9 @@ def main(source: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else (HERE / SHARED).resolve())
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", nargs="?", type=Path, default=(HERE / SHARED).resolve(),
+                    help="the sd-dev folder (default: ../shared/sd-dev beside the repository)")
+    main(ap.parse_args().source)
