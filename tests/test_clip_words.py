@@ -1,5 +1,6 @@
 """The CLIP word table: counts from it equal the tokenizer's, it learns and persists, and a bad file is empty."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,9 @@ def test_table_persists_merges_and_survives_bad_files(tokenizer, tmp_path):
         path.write_text(bad)
         table = WordTable(path)
         assert set(table.counts) <= {"dusk"}  # only entries a tokenizer could have made survive
+    path.unlink()
+    os.mkfifo(path)  # a FIFO in the cache would block a plain read forever
+    assert WordTable(path).counts == {}
     readonly = WordTable(Path("/proc/unprompt-cannot-write/words.json"))
     readonly.learn(["a fox"], tokenizer.encode)
     readonly.save()  # a cache: no error

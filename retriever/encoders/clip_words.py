@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import stat
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -110,7 +111,8 @@ MAX_FILE_BYTES = 64 << 20  # the words of tens of millions of captions fit in a 
 
 def _read(path: Path) -> dict[str, int]:
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:  # a FIFO would block the read
             return {}
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
