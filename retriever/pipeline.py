@@ -20,16 +20,16 @@ from retriever.index_files import RECORD_NAME, read_record
 from retriever.paths import index_dir
 from retriever.profile import BridgeSpaceSpec, Mode, Profile, load_profile
 from retriever.stages.assemble import AssembledPrompt, Assembler, ScoredPrompt
-from retriever.stages.blend import blend
+from retriever.stages.blend import FinalEmbedding, PriorBlend
 from retriever.stages.candidates import Candidate, Candidates, best_of_all, best_subject
-from retriever.stages.describe import Describer
+from retriever.stages.describe import Describer, Description
 from retriever.stages.negative import NegativePrompt
 from retriever.stages.prior import Prior
-from retriever.stages.shrink import Shrink
 from retriever.stages.recorded import ImageWithMetadata, RecordedPrompt, prepare
 from retriever.stages.regress import BridgeRegressor, Regressor, load_regressor
 from retriever.stages.rerank import Reranker, TextEmbeddings
 from retriever.stages.retrieve import Retriever
+from retriever.stages.shrink import Shrink
 
 ALTERNATIVES = 5
 ImageLike = Image.Image | str | Path | ImageWithMetadata
@@ -148,7 +148,12 @@ class Interrogator:
         self.describer = Describer.for_profile(profile, retrieval, indexes, self.metric) if profile.describe.enabled \
             else None
         self.recorded = RecordedPrompt(self._metric_embed)
-        self.shrink = Shrink.load(profile.shrink, profile.metric_model, profile.blend.text_weight, profile.name)
+        shrink = Shrink.load(profile.shrink, profile.metric_model, profile.blend.text_weight, profile.name)
+        # the final embedding: lite's shrinkage where images are described (it needs their medium decision),
+        # else the profile's blend with the prior
+        self.final_embedding: FinalEmbedding = shrink.for_description if shrink and self.describer else PriorBlend(
+            profile.blend.text_weight, profile.blend.regressor_weight, self.prior.metric, profile.prior.blend_weight,
+            profile.describe.uncertainty_prior_weight)
 
     @classmethod
     def load(cls, profile: str | Profile | None = None, checksums: bool = False) -> "Interrogator":
@@ -221,16 +226,14 @@ class Interrogator:
             reranked = self.reranker.rerank_batch(rerank_vectors, retrieved)
             # a floor that empties everything must not leave the image without a prompt
             reranked = [r if r else _only_best(c) for r, c in zip(reranked, retrieved)]
-        to_assemble, styles, confidence = reranked, [self.prior.style] * len(images), None
-        mediums: list[dict[str, float] | None] = [None] * len(images)
-        descriptions = None
+        to_assemble, styles = reranked, [self.prior.style] * len(images)
+        descriptions: list[Description | None] = [None] * len(images)
         if self.describer:
             with timer.stage("describe"):
-                descriptions = self.describer.describe(probabilities, images, features)
+                descriptions = list(self.describer.describe(probabilities, images, features))
                 applied = [self.describer.apply(d, c, self.prior.style) for d, c in zip(descriptions, reranked)]
                 to_assemble, styles = [a[0] for a in applied], [a[1] for a in applied]
-                confidence = [d.confidence for d in descriptions]
-                mediums = [d.mediums for d in descriptions]
+        mediums = [d.mediums if d is not None else None for d in descriptions]
         with timer.stage("assemble"):
             targets = self.prior.assembly_targets(rerank_vectors)
             assembled = assembler.assemble_batch(targets, to_assemble, self.text_embeddings.for_texts, styles)
@@ -240,8 +243,7 @@ class Interrogator:
         with timer.stage("regress"):
             regressed = self.regressor.predict(images, retrieval_vectors) if self.regressor else None
         with timer.stage("blend"):
-            results = self._finish(assembled, reranked, regressed, stages, self._prior_weights(confidence, len(images)),
-                                   descriptions)
+            results = self._finish(assembled, reranked, regressed, stages, descriptions)
         for r, negative, unlike in zip(results, negatives, least_similar):
             r.negative_prompt, r.mode = negative, mode
             if mode == "negative":  # CLIP Interrogator's negative mode: the components least like the image
@@ -254,14 +256,8 @@ class Interrogator:
             r.timings_ms, r.index_ids = dict(per_image), index_ids
         return results
 
-    def _prior_weights(self, confidence: list[float] | None, n: int) -> list[float]:
-        """The prior's weight in each image's blend: the profile's, plus more the less sure the subject is."""
-        base = self.profile.prior.blend_weight
-        extra = self.profile.describe.uncertainty_prior_weight
-        return [base + extra * (1 - c) for c in confidence] if confidence is not None else [base] * n
-
     def _finish(self, assembled: list[AssembledPrompt], reranked: list[Candidates], regressed: np.ndarray | None,
-                stages: bool, prior_weights: list[float], descriptions=None) -> list[Interrogation]:
+                stages: bool, descriptions: Sequence[Description | None]) -> list[Interrogation]:
         tops = [_top_subject(c) for c in reranked]
         templates = [a.template.text if a.template else a.text for a in assembled]
         if self._rerank_is_metric:  # the rerank space is the metric's: reuse its (stored) embeddings
@@ -281,12 +277,7 @@ class Interrogator:
             named["prompt"] = prompt_emb[i]
             if reg is not None:
                 named["regressor"] = reg
-            if self.shrink and descriptions:  # lite: toward a centroid chosen by the image's medium decision
-                d = descriptions[i]
-                final = self.shrink.final(prompt_emb[i], reg, d.medium, d.mediums, d.confidence)
-            else:
-                final = blend(prompt_emb[i], reg, self.profile.blend.text_weight, self.profile.blend.regressor_weight,
-                              self.prior.metric, prior_weights[i])
+            final = self.final_embedding(prompt_emb[i], reg, descriptions[i])
             cands = sorted((c for cs in reranked[i].values() for c in cs), key=lambda c: -c.score)
             results.append(Interrogation(a.text, tops[i].text, final, named, cands, a.tried,
                                          template_candidates=a.template_count))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import numpy as np
 
 from retriever.encoders.base import l2_normalize
+
+if TYPE_CHECKING:
+    from retriever.stages.describe import Description
 
 
 def blend(text_embedding: np.ndarray, regressor_embedding: np.ndarray | None, text_weight: float,
@@ -21,3 +26,26 @@ def blend(text_embedding: np.ndarray, regressor_embedding: np.ndarray | None, te
     if not np.any(out):
         return l2_normalize(text_embedding)
     return l2_normalize(out)
+
+
+class FinalEmbedding(Protocol):
+    """How a profile makes an image's final embedding from its prompt's and regressor's (and its description,
+    where the profile describes images): ``PriorBlend``, or lite's ``stages.shrink.Shrink.for_description``."""
+
+    def __call__(self, prompt: np.ndarray, regressor: np.ndarray | None,
+                 description: "Description | None") -> np.ndarray: ...
+
+
+class PriorBlend:
+    """The profile's ``[blend]``: prompt and regressor, plus the prior at ``prior.blend_weight``, more of it the
+    less sure the described subject is (``describe.uncertainty_prior_weight``)."""
+
+    def __init__(self, text_weight: float, regressor_weight: float, prior: np.ndarray | None, base: float,
+                 uncertainty: float) -> None:
+        self.text_weight, self.regressor_weight, self.prior = text_weight, regressor_weight, prior
+        self.base, self.uncertainty = base, uncertainty
+
+    def __call__(self, prompt: np.ndarray, regressor: np.ndarray | None,
+                 description: "Description | None" = None) -> np.ndarray:
+        weight = self.base + (self.uncertainty * (1 - description.confidence) if description is not None else 0.0)
+        return blend(prompt, regressor, self.text_weight, self.regressor_weight, self.prior, weight)

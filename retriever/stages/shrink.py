@@ -10,12 +10,17 @@ the medium head's mixture of per-medium means, and the pool's prompts nearest th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from retriever.encoders.base import l2_normalize
 from retriever.errors import ProfileError
 from retriever.stage_configs import ShrinkConfig, ShrinkSetting
 from retriever.stages.blend import blend
+
+if TYPE_CHECKING:
+    from retriever.stages.describe import Description
 
 
 class Shrink:
@@ -58,6 +63,14 @@ class Shrink:
             w = np.exp(z - z.max())
             out = out + s.neighbours * l2_normalize((w / w.sum()) @ self.pool)
         return l2_normalize(out)
+
+    def for_description(self, prompt: np.ndarray, regressor: np.ndarray | None,
+                        description: "Description | None") -> np.ndarray:
+        """``final`` for a described image (the pipeline's ``FinalEmbedding``): its medium decision, the medium
+        head's probabilities and the subject's confidence (an image without description: unsure, not a photo)."""
+        if description is None:
+            return self.final(prompt, regressor, "other", None, 0.0)
+        return self.final(prompt, regressor, description.medium, description.mediums, description.confidence)
 
     def final(self, prompt: np.ndarray, regressor: np.ndarray | None, medium: str,
               mediums: dict[str, float] | None, confidence: float) -> np.ndarray:
