@@ -6,11 +6,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retriever.decode_pool import DEFAULT_MEMORY_BYTES
-
-MIN_SERVICE_WORKERS = 2
 from retriever.images import DEFAULT_FORMATS, ImageLimits
 
 _IMAGE = ImageLimits()
+MIN_SERVICE_WORKERS = 2  # decode workers of the service at least: one slow upload never holds up the next
 
 
 class Settings(BaseSettings):
