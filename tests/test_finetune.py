@@ -1,6 +1,7 @@
 """train-regressor --finetune on a tiny random open_clip tower: LP-FT, layer-wise decay, EMA, kill -9 and
 resume, and DDP over gloo against a single process."""
 
+import math
 
 import numpy as np
 import pytest
@@ -213,10 +214,27 @@ def test_a_given_start_head_is_kept_when_fine_tuning_cannot_beat_it_on_validatio
     wild = replace(cfg, lp_epochs=0, epochs=1, lr=30.0, warmup_steps=0)  # FT at a rate that wrecks the tower
     result = finetune(pairs, spec, wild, root / "kept" / "head.pt", root / "kept-run", init_head=start)
     assert [h["phase"] for h in result.history] == ["start", "ft"]
-    assert result.history[1]["val_loss"] > result.history[0]["val_loss"] == result.best_val_loss
+    # worse than the start, or diverged to NaN (which ends the run): either way the start is what stays
+    assert not result.history[1]["val_loss"] <= result.history[0]["val_loss"] == result.best_val_loss
     head, meta = load_head_file(result.head_path)
     assert meta["metrics"]["epoch"] == 0 and meta["metrics"]["val_loss"] == result.history[0]["val_loss"]
     kept, _ = load_head_file(reference[0].head_path)
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), kept.state_dict().values()))
     pretrained = build_tower(spec).state_dict()
     assert all(torch.equal(_tower_state(root / "kept" / "head.tower.pt")[k], v) for k, v in pretrained.items())
+
+
+def test_a_diverged_run_stops_at_the_first_nan_epoch_and_keeps_the_start(case, reference, capsys):
+    from dataclasses import replace
+
+    from retriever.heads.finetune import finetune
+    from retriever.heads.model import load_head_file
+
+    root, pairs, spec, cfg = case
+    start, _ = load_head_file(reference[0].head_path)
+    wild = replace(cfg, lp_epochs=0, epochs=3, lr=1e12, warmup_steps=0)  # weights blow up to inf/NaN at once
+    result = finetune(pairs, spec, wild, root / "nan" / "head.pt", root / "nan-run", init_head=start)
+    assert [h["phase"] for h in result.history] == ["start", "ft"]  # epochs 2 and 3 never ran
+    assert not math.isfinite(result.history[1]["val_loss"])
+    assert result.best_val_loss == result.history[0]["val_loss"]
+    assert "training diverged, stopping; the best head so far" in capsys.readouterr().err

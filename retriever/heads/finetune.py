@@ -448,6 +448,12 @@ def finetune(pairs: Pairs, spec: TowerSpec, cfg: FinetuneConfig, out: str | Path
                 _save_outputs(out, ema.module, spec, pairs, cfg, history, meta or {})
         epoch, step = epoch + 1, 0
         checkpoint(epoch, 0)
+        if not math.isfinite(val):  # diverged: more epochs from NaN weights cannot recover
+            if rank == 0:
+                kept = f"the best head so far ({best:.4f}) is kept" if math.isfinite(best) else "no head improved"
+                print(f"finetune: validation loss is {val} after epoch {epoch}: training diverged, stopping; "
+                      f"{kept}. Lower --lr, or raise --warmup-steps.", file=sys.stderr)
+            break
     if not out.is_file() and rank == 0:  # resumed after the last epoch, or no epoch improved on nan
         _save_outputs(out, ema.module, spec, pairs, cfg, history, meta or {})
     _barrier(world)
