@@ -190,3 +190,21 @@ def test_eval_end_to_end_writes_the_report_and_opens_in_chromium(tmp_path, lite_
         page.screenshot(path=str(ARTIFACTS / "eval-report.png"), full_page=True)
         assert problems == []
     assert (ARTIFACTS / "eval-report.png").stat().st_size > 10_000
+
+
+def test_eval_per_image_csv_guards_cells_that_would_run_as_formulas(tmp_path):
+    from retriever.evaluation.metric import Score
+    from retriever.evaluation.report import write_report
+    from retriever.evaluation.run import EvalResult, EvalRow
+    from retriever.files import restore_cell
+
+    image = str(REPO / "data_manifests" / "examples" / "images" / "cat.jpg")
+    rows = [EvalRow(image, "=HYPERLINK(\"http://x\")", "+1+1", "@SUM(A1)", {"final": 0.5}),
+            EvalRow(image, "a cat", "-a cat", "a=b", {"final": 0.25})]
+    score = Score(0.375, 2, 0.25, 0.5)
+    out = write_report(EvalResult("lite", rows, {"final": score}, {"mean": score}, {}, {"seed": 0}), tmp_path / "r")
+    table = pl.read_csv(out / "per_image.csv")
+    assert table["truth"].to_list() == ["'=HYPERLINK(\"http://x\")", "a cat"]
+    assert table["prompt"].to_list() == ["'+1+1", "'-a cat"] and table["retrieval_prompt"][1] == "a=b"
+    assert [restore_cell(t) for t in table["prompt"]] == ["+1+1", "-a cat"]
+    assert json.loads((out / "report.json").read_text())["per_image"][0]["prompt"] == "+1+1"  # JSON keeps the text

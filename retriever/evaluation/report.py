@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from retriever.evaluation.run import EvalResult
-from retriever.files import atomic_write, write_bytes_atomic
+from retriever.files import atomic_write, safe_cell, write_bytes_atomic
 
 
 def _thumb(path: str, size: int = 160) -> str:
@@ -79,9 +79,9 @@ def write_report(result: EvalResult, out: str | Path, examples: int = 3) -> Path
     }
     write_bytes_atomic(out / "report.json", json.dumps(numbers, indent=2).encode())
     stage_names = sorted({k for r in result.rows for k in r.scores})
-    per_image = pl.DataFrame({
-        "image": [r.image for r in result.rows], "truth": [r.truth for r in result.rows],
-        "prompt": [r.prompt for r in result.rows], "retrieval_prompt": [r.retrieval_prompt for r in result.rows],
+    per_image = pl.DataFrame({  # text cells that would run as a spreadsheet formula get a leading apostrophe
+        **{col: [safe_cell(getattr(r, col)) for r in result.rows] for col in ("image", "truth", "prompt",
+                                                                            "retrieval_prompt")},
         **{f"score_{k}": [r.scores.get(k) for r in result.rows] for k in stage_names},
     })
     with atomic_write(out / "per_image.csv") as tmp:
