@@ -19,6 +19,7 @@ import numpy as np
 
 from retriever.evaluation.run import evaluate
 from retriever.pipeline import Interrogator
+from retriever.stages.blend import PriorBlend
 
 REPO = Path(__file__).resolve().parents[1]
 D = "data_manifests/devset"
@@ -40,7 +41,10 @@ def by_prompt_ci(diff: np.ndarray, prompts: list[str], seed: int = 0) -> tuple[f
 
 def main() -> int:
     it = Interrogator.load("lite")
-    shrink = it.shrink
+    p = it.profile
+    shrunk = it.final_embedding  # the shipped final: lite's Shrink.for_description
+    blended = PriorBlend(p.blend.text_weight, p.blend.regressor_weight, it.prior.metric, p.prior.blend_weight,
+                         p.describe.uncertainty_prior_weight)  # what the pipeline uses with the shrink stage off
     print(f"{'table':<26}{'assembled':>10}{'final before':>13}{'final after':>12}{'prior mean':>11}"
           f"{'best prior':>11}{'LOO mean':>9}")
     cis = []
@@ -49,8 +53,8 @@ def main() -> int:
             print(f"{table}: missing (run data_manifests/devset/split_sd_dev.py)")
             continue
         results = {}
-        for name, stage in (("before", None), ("after", shrink)):
-            it.shrink = stage
+        for name, final in (("before", blended), ("after", shrunk)):
+            it.final_embedding = final
             results[name] = evaluate(it, REPO / table, progress=False, bootstrap=0,
                                      dev_table=REPO / dev if dev else None)
         after = results["after"]

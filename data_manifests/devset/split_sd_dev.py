@@ -2,8 +2,8 @@
 
 The 120 images are 30 prompts, each drawn by 4 models; all 4 images of a prompt go to the same half. The rule:
 the 30 distinct prompts, sorted, shuffled with Python's ``random.Random(0)``; the first 15 are the dev half
-(``sd-dev-dev.csv``: thresholds, weights and the medium head are chosen on it), the other 15 the held-out half
-(``sd-dev-heldout.csv``: never used to choose anything). Image paths are written relative to this folder
+(``sd-dev-dev.csv``: thresholds and blend weights are chosen on it; no shipped weight is fitted to it), the other
+15 the held-out half (``sd-dev-heldout.csv``: never used to choose anything). Image paths are written relative to this folder
 (``../../../shared/sd-dev/images/...``: the shared/ folder beside the repository), so the images never enter the
 repository or the package. The tables copy the prompts, whose source states no license, so they are made here
 on demand and never committed (.gitignore); run this before evaluating on them (the output is deterministic):

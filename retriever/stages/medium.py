@@ -2,9 +2,10 @@
 never from the flavour prior. A photograph then gets no component that names an art medium (``art_terms.txt``).
 
 With a medium head (``describe.medium_head``, the lite profile's ``data/medium_head.npz``): a softmax head over
-the classifier's penultimate features, trained on the dev halves (``data/train_medium_head.py``, provenance in
-``data/medium_head.json``); mostly flat images (diagrams, clip art) stay illustrations whatever it says. Without
-one, the pixel rules below decide.
+the classifier's penultimate features, trained on the package's own dev photos and diagrams
+(``data/train_medium_head.py``, provenance in ``data/medium_head.json``); mostly flat images (diagrams, clip art)
+stay illustrations whatever it says. Without one, the pixel rules below decide. Neither tells a generated image
+from a photograph: on the held-out SD dev half most renders are still called photos (README, "Generated images").
 
 Pixel statistics (on the image brought to 256 px): how grey it is, how much of it is perfectly flat (drawn
 artwork and diagrams: most of it; photographs, even dark ones, under a quarter), and how much fine noise it
