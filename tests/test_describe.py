@@ -119,3 +119,15 @@ def test_a_misnamed_graphic_class_is_a_profile_error():
 
     with pytest.raises(ProfileError, match="not ImageNet-1k class names: website"):
         Describer(DescribeConfig(enabled=True, graphic_classes=["web site", "website"]), lambda w: True)
+
+
+def test_the_separable_3x3_spread_equals_reducing_sliding_windows():
+    from retriever.stages.medium import _spread_3x3
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, shape, dtype=np.int16) for shape in [(3, 3, 3), (3, 40, 3), (57, 4, 3), (64, 48, 3)]]
+    arrays.append(np.asarray(Image.open(EXAMPLES / "cat.jpg").convert("RGB"), dtype=np.int16))
+    for rgb in arrays:
+        windows = np.lib.stride_tricks.sliding_window_view(rgb, (3, 3), axis=(0, 1))
+        expected = (windows.max(axis=(-1, -2)) - windows.min(axis=(-1, -2))).max(axis=-1)
+        assert np.array_equal(_spread_3x3(rgb), expected)
