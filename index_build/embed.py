@@ -122,7 +122,7 @@ def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard
 
 CALIBRATE_MIN_TEXTS = 16384  # builds smaller than this keep the encoder's default batch
 CALIBRATE_SAMPLE = 768  # texts timed per candidate batch size
-TOKEN_BUDGETS = (1024, 2048, 4096, 8192, 16384)
+TOKEN_BUDGETS = (512, 1024, 2048, 4096, 8192)
 
 
 def calibrate_token_budget(encoder: TextEncoder, texts: Sequence[str], budgets: Sequence[int] = TOKEN_BUDGETS,

@@ -57,6 +57,9 @@ def test_batching_by_length_keeps_order_and_vectors():
         encoder.token_budget = budget
     batches = length_batches([3, 9, 1, 9, 4], token_budget=18)
     assert [list(b) for b in batches] == [[1, 3], [4, 0, 2]]  # longest first; rows x longest <= budget
+    # a half-full batch ends where the length changes (one length: no padding, no mask); a less full one mixes
+    batches = length_batches([5, 5, 5, 4, 4, 4, 4, 4, 2], token_budget=20)
+    assert [list(b) for b in batches] == [[0, 1, 2], [3, 4, 5, 6, 7], [8]]
     assert [list(b) for b in length_batches([50], token_budget=8)] == [[0]]  # too long alone: still a batch
 
 
