@@ -109,6 +109,28 @@ def test_missing_file_and_empty_truth_prompt(tmp_path):
         score_files(tmp_path / "t.csv", tmp_path / "t.csv")
 
 
+def test_a_prompt_cell_past_the_limit_is_refused_naming_its_row(tmp_path):
+    from retriever.evaluation.tables import MAX_PROMPT_CHARS, read_pairs, read_prompts
+
+    long = "word " * (MAX_PROMPT_CHARS // 5) + "x"  # one character past the limit
+    t = write(tmp_path / "t.csv", {"imgId": ["a", "b"], "prompt": ["a cat", "a dog"]})
+    bad = write(tmp_path / "bad.csv", {"imgId": ["a", "b"], "prompt": ["a cat", long]})
+    for truth, pred in ((bad, t), (t, bad)):
+        with pytest.raises(ScoreInputError, match=r"bad.csv: the prompt in row 2 has 100,001 characters; at most "
+                                                  r"100,000"):
+            score_files(truth, pred)
+    res = run_cli("score", "--truth", str(t), "--predictions", str(bad))
+    assert res.returncode == 2 and "row 2" in res.stderr and "Traceback" not in res.stderr
+    pairs = write(tmp_path / "pairs.csv", {"image": ["x.png"], "prompt": [long]})
+    with pytest.raises(ScoreInputError, match="row 1 has 100,001"):
+        read_pairs(pairs)
+    (tmp_path / "p.txt").write_text(f"a cat\n{long}\n")
+    with pytest.raises(ScoreInputError, match="line 2 has 100,001"):
+        read_prompts(tmp_path / "p.txt")
+    fits = write(tmp_path / "fits.csv", {"image": ["x.png"], "prompt": [long[:-1]]})
+    assert len(read_pairs(fits)[1][0]) == MAX_PROMPT_CHARS  # the limit itself is read, unchanged
+
+
 def test_score_cli_prints_mean_count_interval_and_errors_cleanly(tmp_path):
     t = write(tmp_path / "t.csv", {"imgId": ["a", "b"], "prompt": ["a cat", "a dog"]})
     res = run_cli("score", "--truth", str(t), "--predictions", str(t))
