@@ -51,6 +51,21 @@ def test_long_format_scores_like_its_vectors(tmp_path):
     assert score_files(truth, tmp_path / "sub.csv").score.mean == pytest.approx(1.0, abs=1e-5)
 
 
+def test_long_format_values_past_float32_still_score(tmp_path):
+    """1e308 is finite: its row is scaled before the norm, never inf / inf = NaN."""
+    truth = write(tmp_path / "t.csv", {"imgId": ["x1", "x2"], "prompt": ["a castle on a hill", "a bowl of soup"]})
+    vectors = metric_embed(["a castle on a hill", "a bowl of soup"]).astype(np.float64)
+    rows = {"imgId_eId": [f"x{i + 1}_{e}" for i in range(2) for e in range(384)],
+            "val": [str(float(v)) for v in np.concatenate([vectors[0] * 1e300, vectors[1] * 1e-300])]}
+    big = write(tmp_path / "big.csv", rows)
+    assert score_files(truth, big).score.mean == pytest.approx(1.0, abs=1e-5)
+    flat = write(tmp_path / "flat.csv", long_rows(["x1", "x2"], value=1e308))
+    res = run_cli("score", "--truth", str(truth), "--predictions", str(flat))
+    assert res.returncode == 0 and "nan" not in res.stdout and "Warning" not in res.stderr, (res.stdout, res.stderr)
+    expected = metric_embed(["a castle on a hill", "a bowl of soup"]).sum(axis=1) / math.sqrt(384)
+    assert score_files(truth, flat).score.mean == pytest.approx(float(expected.mean()), abs=1e-5)
+
+
 def long_rows(ids, n=384, value=0.01):
     return {"imgId_eId": [f"{i}_{e}" for i in ids for e in range(n)], "val": [str(value)] * (len(ids) * n)}
 

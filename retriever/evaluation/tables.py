@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from retriever.encoders.base import rescale_extreme
 from retriever.errors import UnpromptError
 from retriever.files import FORMULA_PREFIXES, atomic_write, safe_cell
 from retriever.paths import local_file
@@ -154,7 +155,8 @@ def _long(frame: pl.DataFrame, path) -> Prompts:
         raise ScoreInputError(f"{path}: each image needs {EMBED_DIM} rows, _0 to _{EMBED_DIM - 1}; wrong for: {detail}")
     ordered = split.sort(["imgId", "eId"])
     ids = ordered["imgId"].unique(maintain_order=True).to_list()
-    vectors = ordered["val"].to_numpy().reshape(len(ids), EMBED_DIM).astype(np.float32)
+    # a row of finite values past float32's range (1e308) is scaled first: only its direction is scored
+    vectors = rescale_extreme(ordered["val"].to_numpy().reshape(len(ids), EMBED_DIM)).astype(np.float32)
     return Prompts(ids, None, vectors)
 
 
