@@ -104,7 +104,8 @@ async def read_uploads(request: Request, settings: Settings, many: bool) -> list
             raise
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
-            raise Refused("missing_file", "multipart request has no file part (use the field 'file')")
+            field = "'files', one part per image" if many else "'file'"
+            raise Refused("missing_file", f"multipart request has no file part (use the field {field})")
         return [(f.filename or "upload", await f.read()) for f in files]
     if many:
         raise Refused("content_type", "the batch endpoint takes multipart/form-data with one part per image")
