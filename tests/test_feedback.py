@@ -116,7 +116,8 @@ def test_an_image_that_does_not_match_its_hash_is_refused_when_not_kept(served):
     r = client.post("/v1/feedback", data={"image_sha256": "ab" * 32, "corrected_prompt": "a cat"},
                     files={"file": ("cat.jpg", data, "image/jpeg")})
     assert r.status_code == 422 and "does not match" in r.json()["error"]["message"]
-    r = client.post("/v1/feedback", data={"image_sha256": hashlib.sha256(data).hexdigest(), "corrected_prompt": "a cat"},
+    sha = hashlib.sha256(data).hexdigest()
+    r = client.post("/v1/feedback", data={"image_sha256": sha, "corrected_prompt": "a cat"},
                     files={"file": ("cat.jpg", data, "image/jpeg")})
     assert r.status_code == 200 and r.json()["image_kept"] is False
     assert len(store.rows()) == 1 and not (store.path.parent / "images").exists()
