@@ -21,7 +21,7 @@ from api.deps import Service
 from api.errors import install_error_handlers
 from api.logs import configure
 from api.metrics import Metrics
-from api.middleware import BodySizeLimit, ConcurrencyLimit, Observe
+from api.middleware import BodySizeLimit, ConcurrencyLimit, HeadSizeLimit, Observe
 from api.reload import Reloader
 from api.routes import DOCS_ASSETS, router
 from api.settings import Settings, service_decode_workers
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, interrogator: Interrogator | No
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)
+    app.add_middleware(HeadSizeLimit, limit=settings.max_header_bytes)  # a whole head uvicorn's limit let through
     app.add_middleware(Observe, metrics=metrics, log=log)  # added last: outermost, sees every response
     install_error_handlers(app, metrics)
     app.include_router(router)

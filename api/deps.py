@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, Header, Request
 from PIL import Image
@@ -13,11 +16,49 @@ from starlette.exceptions import HTTPException
 
 from api.batcher import MicroBatcher
 from api.errors import Refused
-from api.settings import Settings
+from api.settings import MAX_JSON_DEPTH, Settings
 from retriever.decode_pool import DecodePool
 from retriever.images import ImageLimits, ImageRejected
 from retriever.metadata import GenerationMetadata, read_metadata
 from retriever.pipeline import Interrogator
+
+
+class _BadJson(ValueError):
+    """A refusal of ours, raised from inside json.loads: its message is the answer."""
+
+
+def _no_constant(name: str) -> float:
+    raise _BadJson(f"the body is not valid JSON: {name} is not a number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadJson(f"the body holds a number out of range ({text[:40]})")
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body's JSON, or a ValueError saying why not: broken, not UTF-8, nested deeper than
+    MAX_JSON_DEPTH, or a number that is not finite (NaN, Infinity, 1e400) or has more digits than Python
+    converts. Every JSON body the service reads goes through it."""
+    deep = f"the body is nested deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError(deep) from None
+    except _BadJson:
+        raise
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, int's digit limit
+        raise ValueError("the body is not valid JSON") from None
+    todo = [(value, 1)]
+    while todo:  # the depth, without recursion
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            if level > MAX_JSON_DEPTH:
+                raise ValueError(deep)
+            todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
 
 
 def get_settings(request: Request) -> Settings:
@@ -63,7 +104,8 @@ async def read_uploads(request: Request, settings: Settings, many: bool) -> list
             raise
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
-            raise Refused("missing_file", "multipart request has no file part (use the field 'file')")
+            field = "'files', one part per image" if many else "'file'"
+            raise Refused("missing_file", f"multipart request has no file part (use the field {field})")
         return [(f.filename or "upload", await f.read()) for f in files]
     if many:
         raise Refused("content_type", "the batch endpoint takes multipart/form-data with one part per image")
@@ -90,16 +132,14 @@ async def read_recorded(data: bytes) -> GenerationMetadata | None:
 
 async def read_feedback(request: Request, settings: Settings) -> tuple[dict, bytes | None, str]:
     """A feedback request's fields, and its image when one was sent as the multipart part ``file``."""
-    import json
     from pathlib import PurePath
 
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
-        body = await request.body()
         try:
-            fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Refused("bad_feedback", "the body is not valid JSON") from None
+            fields = parse_json(await request.body())
+        except ValueError as exc:
+            raise Refused("bad_feedback", str(exc)) from None
         if not isinstance(fields, dict):
             raise Refused("bad_feedback", "the body must be a JSON object")
         return fields, None, ""

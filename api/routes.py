@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 from importlib import resources
 
@@ -171,8 +172,8 @@ async def feedback(request: Request, service: Service = Depends(ready), settings
 
     fields, image, suffix = await read_feedback(request, settings)
     try:
-        row = Feedback(image_sha256=str(fields.get("image_sha256") or ""), prompt=str(fields.get("prompt") or ""),
-                       corrected_prompt=str(fields.get("corrected_prompt") or ""), rating=_rating(fields.get("rating")),
+        row = Feedback(image_sha256=_text(fields, "image_sha256"), prompt=_text(fields, "prompt"),
+                       corrected_prompt=_text(fields, "corrected_prompt"), rating=_rating(fields.get("rating")),
                        profile=service.interrogator.profile.name)
         store = request.app.state.feedback
         row_id = await run_in_threadpool(store.add, row, image, suffix)
@@ -183,12 +184,25 @@ async def feedback(request: Request, service: Service = Depends(ready), settings
     return {"id": row_id, "image_kept": image is not None and store.keep_images}
 
 
+def _text(fields: dict, name: str) -> str:
+    """A text field as sent (missing or null: empty); anything but a string is refused, not stringified."""
+    from retriever.feedback import FeedbackError
+
+    value = fields.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FeedbackError(f"{name} must be a string")
+    return value
+
+
 def _rating(value) -> int | None:
     if value in (None, ""):
         return None
     try:
-        return int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else -1
-    except (TypeError, ValueError):
+        number = float(value)
+        return int(number) if not isinstance(value, bool) and math.isfinite(number) and number == int(number) else -1
+    except (TypeError, ValueError, OverflowError):  # 1e400 as a string is inf; a 5000-digit int overflows float
         return -1  # refused by the check, with its message
 
 

@@ -9,6 +9,7 @@ from retriever.decode_pool import DEFAULT_MEMORY_BYTES
 from retriever.images import DEFAULT_FORMATS, ImageLimits
 
 _IMAGE = ImageLimits()
+MAX_JSON_DEPTH = 32  # nesting of a JSON body (feedback is one flat object); deeper is refused, never recursed into
 MIN_SERVICE_WORKERS = 2  # decode workers of the service at least: one slow upload never holds up the next
 
 

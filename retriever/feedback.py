@@ -26,6 +26,7 @@ DB_NAME = "feedback.sqlite3"
 MAX_PROMPT_CHARS = 2000
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = re.compile(r"^\.[a-z0-9]{2,5}$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1, left after whitespace (tab, LF, CR ...) is collapsed
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +54,8 @@ class Feedback:
 
     def checked(self) -> "Feedback":
         """The same feedback, trimmed; a FeedbackError saying what is wrong otherwise."""
+        for name in ("image_sha256", "prompt", "corrected_prompt"):
+            _check_text(name, getattr(self, name))
         sha = self.image_sha256.strip().lower()
         if not SHA256.match(sha):
             raise FeedbackError("image_sha256 must be the 64 hex digits of the image's SHA-256")
@@ -64,6 +67,19 @@ class Feedback:
         if self.rating is not None and (isinstance(self.rating, bool) or self.rating not in range(1, 6)):
             raise FeedbackError("rating must be a whole number from 1 to 5")
         return Feedback(sha, " ".join(self.prompt.split()), corrected, self.rating, self.profile)
+
+
+def _check_text(name: str, value: object) -> None:
+    """A text field must be a string SQLite can store and the exported one-prompt-a-line text file can hold:
+    valid Unicode (no lone surrogates) and no control characters but whitespace (which trimming collapses)."""
+    if not isinstance(value, str):
+        raise FeedbackError(f"{name} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeedbackError(f"{name} is not valid Unicode (a lone surrogate)") from None
+    if CONTROL.search(" ".join(value.split())):
+        raise FeedbackError(f"{name} holds a control character (NUL, escape ...)")
 
 
 def store_dir() -> Path:
@@ -90,9 +106,9 @@ class FeedbackStore:
         """Store one row (and its image, when kept and given); the row id."""
         fb = feedback.checked()
         image_file = None
+        if image is not None and hashlib.sha256(image).hexdigest() != fb.image_sha256:  # kept or not
+            raise FeedbackError("the image sent does not match image_sha256")
         if image is not None and self.keep_images:
-            if hashlib.sha256(image).hexdigest() != fb.image_sha256:
-                raise FeedbackError("the image sent does not match image_sha256")
             images = self.path.parent / "images"
             images.mkdir(parents=True, exist_ok=True)
             image_file = f"images/{fb.image_sha256}{suffix if SUFFIX.match(suffix) else '.img'}"

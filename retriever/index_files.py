@@ -23,7 +23,7 @@ import hashlib
 import json
 import shutil
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -98,10 +98,22 @@ def read_record(directory: Path) -> BuildRecord:
     return record
 
 
+def file_path(directory: Path, role: str, entry: FileEntry) -> Path:
+    """Where a recorded file is: inside ``directory``. A path that is absolute or climbs out of it (``..``, a
+    drive, a backslash) is refused: a build must hold its own files, or verify would vouch for another's."""
+    pure = PurePosixPath(entry.path)
+    if (not entry.path or pure.is_absolute() or PureWindowsPath(entry.path).anchor or "\\" in entry.path
+            or ".." in pure.parts):
+        raise IndexIntegrityError(f"index {directory}: {role} file {entry.path!r} is not inside the index folder "
+                                  "(the build record names a path that is absolute or leaves it); rebuild the index")
+    return directory / pure
+
+
 def verify_files(directory: Path, record: BuildRecord, checksums: bool = True) -> None:
-    """Sizes always, SHA-256 when ``checksums``: a mismatch means a truncated, corrupt or mixed index."""
+    """Sizes always, SHA-256 when ``checksums``: a mismatch means a truncated, corrupt or mixed index. Every
+    file must lie inside ``directory`` (``file_path``); every loader (load, verify, reload, rollback) comes here."""
     for role, entry in record.files.items():
-        path = directory / entry.path
+        path = file_path(directory, role, entry)
         if not path.is_file():
             raise IndexIntegrityError(f"index {directory}: {role} file {entry.path} is missing")
         size = path.stat().st_size

@@ -73,12 +73,54 @@ def test_post_export_then_train_and_append(served, tmp_path, lite_interrogator):
     ({"image_sha256": "ab" * 32, "corrected_prompt": "a cat", "rating": 9}, "1 to 5"),
     ({"image_sha256": "ab" * 32, "corrected_prompt": "a cat", "rating": "lots"}, "1 to 5"),
     ([1, 2], "JSON object"),
+    ({"image_sha256": "ab" * 32, "corrected_prompt": "a cat", "prompt": {"a": [1]}}, "prompt must be a string"),
+    ({"image_sha256": "ab" * 32, "corrected_prompt": 5}, "corrected_prompt must be a string"),
+    ({"image_sha256": ["ab" * 32], "corrected_prompt": "a cat"}, "image_sha256 must be a string"),
+    ({"image_sha256": "ab" * 32, "corrected_prompt": "a\x00cat"}, "control character"),
+    ({"image_sha256": "ab" * 32, "corrected_prompt": "a cat", "prompt": "\x1b]0;pwned\x07"}, "control character"),
+    ({"image_sha256": "ab" * 32, "corrected_prompt": "a cat", "rating": 1e308}, "1 to 5"),
 ])
 def test_bad_feedback_is_a_clear_422(served, body, message):
     client, store = served
     r = client.post("/v1/feedback", json=body)
     assert r.status_code == 422 and r.json()["error"]["code"] == "bad_feedback" and message in r.json()["error"]["message"]
     assert store.rows() == []
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"image_sha256": "' + b"ab" * 32 + b'", "corrected_prompt": "a cat", "rating": 1e400}', "out of range"),
+    (b'{"image_sha256": "' + b"ab" * 32 + b'", "corrected_prompt": "a cat", "rating": -Infinity}', "not a number"),
+    (b'{"image_sha256": "' + b"ab" * 32 + b'", "corrected_prompt": "a cat", "rating": NaN}', "not a number"),
+    (b'{"image_sha256": "' + b"ab" * 32 + b'", "corrected_prompt": "a cat", "rating": 1' + b"0" * 5000 + b"}",
+     "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+    (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "nested deeper"),
+    (b'{"image_sha256": "' + b"ab" * 32 + b'", "corrected_prompt": "\\ud800 x"}', "lone surrogate"),
+    (b'{"image_sha256": "' + b"ab" * 32 + b'", "corrected_prompt": "a\\u0000cat"}', "control character"),
+])
+def test_hostile_json_is_a_422_not_a_500(served, body, message):
+    client, store = served
+    r = client.post("/v1/feedback", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_feedback", r.text
+    assert message in r.json()["error"]["message"], r.text
+    form = {"image_sha256": (None, "ab" * 32), "corrected_prompt": (None, "a cat"), "rating": (None, "1e400")}
+    r = client.post("/v1/feedback", files=form)  # multipart, no image: the form's rating is checked the same way
+    assert r.status_code == 422 and "1 to 5" in r.json()["error"]["message"], r.text
+    assert store.rows() == []
+
+
+def test_an_image_that_does_not_match_its_hash_is_refused_when_not_kept(served):
+    client, store = served
+    store.keep_images = False
+    data = (EXAMPLES / "cat.jpg").read_bytes()
+    r = client.post("/v1/feedback", data={"image_sha256": "ab" * 32, "corrected_prompt": "a cat"},
+                    files={"file": ("cat.jpg", data, "image/jpeg")})
+    assert r.status_code == 422 and "does not match" in r.json()["error"]["message"]
+    sha = hashlib.sha256(data).hexdigest()
+    r = client.post("/v1/feedback", data={"image_sha256": sha, "corrected_prompt": "a cat"},
+                    files={"file": ("cat.jpg", data, "image/jpeg")})
+    assert r.status_code == 200 and r.json()["image_kept"] is False
+    assert len(store.rows()) == 1 and not (store.path.parent / "images").exists()
 
 
 def test_an_image_that_does_not_match_its_hash_is_refused(served):

@@ -156,13 +156,29 @@ def test_every_answer_is_in_the_error_shape(guarded):
         assert assert_error_shape(c.post("/v1/interrogate/batch", files=files), 413)["code"] == "too_many_files"
     # what uvicorn answers itself, before the app
     long_url = _raw(port, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert _json_error(long_url, 400, 404) in ("bad_request", "not_found")  # h11 refuses it or the router does
+    assert _json_error(long_url, 400) == "bad_request"  # h11 refuses it, or (read whole) the app's head limit
     trickled = b"GET /" + b"a" * 70_000  # a head over max_header_bytes that has not ended: uvicorn's own 400
     assert _json_error(_raw(port, trickled), 400) == "bad_request"
     for payload in (b"POST /v1/interrogate HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n",
                     b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
                     b"GE(T / HTTP/1.1\r\nHost: x\r\n\r\n"):
         assert _json_error(_raw(port, payload), 400) == "bad_request", payload[:40]
+
+
+def test_a_head_over_the_limit_is_refused_even_when_it_arrives_whole(guarded, lite_interrogator):
+    """h11 counts only a head still arriving: a complete one in one read passed, to a 200 (the app checks it)."""
+    for payload in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-L: " + b"a" * 100_000 + b"\r\n\r\n",
+                    b"GET /healthz?q=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n" * 500
+                    + b"\r\n"):  # many short headers, 20 KB in all
+        assert _json_error(_raw(guarded.port, payload), 400) == "bad_request", payload[:40]
+    from starlette.testclient import TestClient
+
+    c = TestClient(create_app(Settings(), lite_interrogator))  # the app alone (any server): the same limit
+    r = c.get("/healthz", headers={"x-l": "a" * 20_000})
+    assert assert_error_shape(r, 400)["code"] == "bad_request" and "16384" in r.json()["error"]["message"]
+    assert c.get("/healthz", params={"q": "a" * 16_000}).status_code == 200  # under 16 KiB: served
+    assert c.get("/healthz", params={"q": "a" * 16_400}).status_code == 400
 
 
 def test_idle_trickling_and_slow_body_connections_are_closed(guarded):

@@ -189,6 +189,27 @@ def test_an_empty_api_key_is_refused_at_start_up():
     assert res.returncode == 2 and "UNPROMPT_API_KEY is set but empty" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_port_in_use_is_refused_before_anything_loads(monkeypatch, capsys):
+    import socket
+
+    from conftest import run_cli
+    from retriever.pipeline import Interrogator
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the models were loaded before the port was bound")
+
+    monkeypatch.setattr(Interrogator, "from_profile", no_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli("serve", "--port", str(port))
+    assert res.returncode == 2 and res.stdout == "" and "ready" not in capsys.readouterr().err
+    assert res.stderr == f"unprompt: error: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
+    res = run_cli("serve", "--host", "no-such-host.invalid", "--port", "8000")
+    assert res.returncode == 2 and "does not resolve" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_a_stalled_upload_does_not_hold_shutdown(lite_interrogator):
     server = LiveServer(create_app(Settings(), lite_interrogator), timeout_graceful_shutdown=1)
     with server:

@@ -176,6 +176,29 @@ def test_corrupt_index_file_is_refused_by_verify(built):
     assert TextIndex.load(built).record.count  # a plain start checks sizes only: a same-size flip needs verify
 
 
+@pytest.mark.parametrize("where", ["absolute", "parent", "dotdot_inside"])
+def test_a_record_naming_files_outside_its_folder_is_refused(built, tmp_path, where):
+    """A build must hold its own files: verify once vouched for another folder's (sizes and SHA-256 matched)."""
+    import shutil
+
+    from conftest import run_cli
+
+    other = tmp_path / "other"
+    shutil.copytree(built, other)
+    record = json.loads((built / RECORD_NAME).read_text())
+    for role in ("index", "meta"):
+        name = record["files"][role]["path"]
+        record["files"][role]["path"] = {"absolute": str(other / name), "parent": f"../other/{name}",
+                                         "dotdot_inside": f"sub/../../other/{name}"}[where]
+        (built / name).unlink()
+    (built / RECORD_NAME).write_text(json.dumps(record))
+    res = run_cli("verify", str(built))
+    assert res.returncode == 2 and "is not inside the index folder" in res.stderr and "match" not in res.stdout
+    with pytest.raises(IndexIntegrityError, match="not inside the index folder"):
+        TextIndex.load(built)
+    assert run_cli("verify", str(other)).returncode == 0  # the folder that holds them is fine
+
+
 def test_corrupt_record_and_mismatched_counts_are_refused(built):
     record = json.loads((built / RECORD_NAME).read_text())
     record["count"] += 1

@@ -35,7 +35,7 @@ A1111_PROMPT = "a steampunk hummingbird made of brass gears, intricate, highly d
                                                  "Forge"), ("stable-diffusion.cpp", "stable-diffusion.cpp")])
 def test_a1111_parameters_chunk(version, generator):
     rec = read_metadata(png({"parameters": A1111.replace("v1.10.1", version)}))
-    assert rec.prompt == A1111_PROMPT and rec.negative_prompt == "blurry, lowres,\nwatermark"
+    assert rec.prompt == A1111_PROMPT and rec.negative_prompt == "blurry, lowres, watermark"
     assert rec.generator == generator and rec.found_in == "png:parameters"
     assert rec.settings["Steps"] == "28" and rec.settings["Seed"] == "3141592" and rec.settings["Model"] == "dreamshaper_8"
     assert rec.settings["Lora hashes"] == "gears: 1a2b, brass: 3c4d"  # a quoted value keeps its commas
@@ -106,7 +106,7 @@ def test_fooocus_and_swarmui_json():
 ])
 def test_exif_user_comment(fmt, comment):
     rec = read_metadata(with_exif(comment, fmt))
-    assert rec.prompt == A1111_PROMPT and rec.negative_prompt == "blurry, lowres,\nwatermark"
+    assert rec.prompt == A1111_PROMPT and rec.negative_prompt == "blurry, lowres, watermark"
     assert rec.found_in == "exif:UserComment" and rec.generator == "AUTOMATIC1111"
 
 
@@ -131,6 +131,25 @@ def test_xmp_description_parameters_and_draw_things():
     assert (read_metadata(drawn).prompt, read_metadata(drawn).negative_prompt) == ("a paper boat", "blurry")
     assert read_metadata(png(itxt={"XML:com.adobe.xmp": xmp_packet("", f'sd:parameters="{A1111_PROMPT}"')})).prompt \
         == A1111_PROMPT  # PNG keeps XMP in an iTXt chunk
+
+
+def test_control_and_bidi_characters_of_a_record_never_come_out(tmp_path):
+    """A recorded prompt is printed, answered and written one to a line: escapes, NULs, line breaks and bidi
+    overrides of the file are not passed on."""
+    hostile = '=HYPERLINK("x")\x1b]0;pwned\x07\nSteps: 20, Sampler: Euler a, CFG scale: 7'
+    rec = read_metadata(png({"parameters": hostile}))
+    assert rec.prompt == '=HYPERLINK("x") ]0;pwned' and rec.settings["Steps"] == "20"
+    text = ("a red\x00fox\r\n\u202ein the\u2066 snow\x85\x9b31m\u2069, soft\nNegative prompt: blurry,\n\tgrainy\u202c\n"
+            "Steps: 9, Sampler: Euler\x1b[2J, Seed: 1")
+    raw = png(itxt={"parameters": text})
+    rec = read_metadata(raw)
+    assert rec.prompt == "a red fox in the snow 31m, soft" and rec.negative_prompt == "blurry, grainy"
+    assert rec.settings["Sampler"] == "Euler [2J"
+    for value in (rec.prompt, rec.negative_prompt, rec.generator, *map(str, rec.settings.values()), *rec.settings):
+        assert value.isprintable() and "\u202e" not in value, value
+    (tmp_path / "f.png").write_bytes(png({"parameters": hostile}))
+    res = run_cli("predict", str(tmp_path / "f.png"), "--no-embedding", "--top", "1")
+    assert res.returncode == 0 and '=HYPERLINK("x") ]0;pwned' in res.stdout and "\x1b" not in res.stdout, res.stdout
 
 
 def test_a_photos_own_metadata_is_no_prompt():
@@ -235,7 +254,7 @@ def test_python_api_answers_the_recorded_prompt(lite_interrogator, recorded_dir,
     it = lite_interrogator
     rec = it.interrogate(recorded_dir / "a1111.png")
     assert (rec.prompt, rec.source, rec.generator) == (A1111_PROMPT, "metadata", "AUTOMATIC1111")
-    assert rec.negative_prompt == "blurry, lowres,\nwatermark" and rec.settings["Seed"] == "3141592"
+    assert rec.negative_prompt == "blurry, lowres, watermark" and rec.settings["Seed"] == "3141592"
     assert rec.alternatives[0] == rec.interrogated_prompt and "cat" in rec.interrogated_prompt.lower()
     assert np.allclose(rec.embedding, it.metric.encode_text([A1111_PROMPT])[0], atol=1e-5)
     out = rec.as_dict(embeddings=False)

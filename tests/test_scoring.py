@@ -51,6 +51,21 @@ def test_long_format_scores_like_its_vectors(tmp_path):
     assert score_files(truth, tmp_path / "sub.csv").score.mean == pytest.approx(1.0, abs=1e-5)
 
 
+def test_long_format_values_past_float32_still_score(tmp_path):
+    """1e308 is finite: its row is scaled before the norm, never inf / inf = NaN."""
+    truth = write(tmp_path / "t.csv", {"imgId": ["x1", "x2"], "prompt": ["a castle on a hill", "a bowl of soup"]})
+    vectors = metric_embed(["a castle on a hill", "a bowl of soup"]).astype(np.float64)
+    rows = {"imgId_eId": [f"x{i + 1}_{e}" for i in range(2) for e in range(384)],
+            "val": [str(float(v)) for v in np.concatenate([vectors[0] * 1e300, vectors[1] * 1e-300])]}
+    big = write(tmp_path / "big.csv", rows)
+    assert score_files(truth, big).score.mean == pytest.approx(1.0, abs=1e-5)
+    flat = write(tmp_path / "flat.csv", long_rows(["x1", "x2"], value=1e308))
+    res = run_cli("score", "--truth", str(truth), "--predictions", str(flat))
+    assert res.returncode == 0 and "nan" not in res.stdout and "Warning" not in res.stderr, (res.stdout, res.stderr)
+    expected = metric_embed(["a castle on a hill", "a bowl of soup"]).sum(axis=1) / math.sqrt(384)
+    assert score_files(truth, flat).score.mean == pytest.approx(float(expected.mean()), abs=1e-5)
+
+
 def long_rows(ids, n=384, value=0.01):
     return {"imgId_eId": [f"{i}_{e}" for i in ids for e in range(n)], "val": [str(value)] * (len(ids) * n)}
 
@@ -107,6 +122,28 @@ def test_missing_file_and_empty_truth_prompt(tmp_path):
     (tmp_path / "t.csv").write_text('imgId,prompt\na,\nb,"ok"\n')
     with pytest.raises(ScoreInputError, match="empty prompt for ids: a"):
         score_files(tmp_path / "t.csv", tmp_path / "t.csv")
+
+
+def test_a_prompt_cell_past_the_limit_is_refused_naming_its_row(tmp_path):
+    from retriever.evaluation.tables import MAX_PROMPT_CHARS, read_pairs, read_prompts
+
+    long = "word " * (MAX_PROMPT_CHARS // 5) + "x"  # one character past the limit
+    t = write(tmp_path / "t.csv", {"imgId": ["a", "b"], "prompt": ["a cat", "a dog"]})
+    bad = write(tmp_path / "bad.csv", {"imgId": ["a", "b"], "prompt": ["a cat", long]})
+    for truth, pred in ((bad, t), (t, bad)):
+        with pytest.raises(ScoreInputError, match=r"bad.csv: the prompt in row 2 has 100,001 characters; at most "
+                                                  r"100,000"):
+            score_files(truth, pred)
+    res = run_cli("score", "--truth", str(t), "--predictions", str(bad))
+    assert res.returncode == 2 and "row 2" in res.stderr and "Traceback" not in res.stderr
+    pairs = write(tmp_path / "pairs.csv", {"image": ["x.png"], "prompt": [long]})
+    with pytest.raises(ScoreInputError, match="row 1 has 100,001"):
+        read_pairs(pairs)
+    (tmp_path / "p.txt").write_text(f"a cat\n{long}\n")
+    with pytest.raises(ScoreInputError, match="line 2 has 100,001"):
+        read_prompts(tmp_path / "p.txt")
+    fits = write(tmp_path / "fits.csv", {"image": ["x.png"], "prompt": [long[:-1]]})
+    assert len(read_pairs(fits)[1][0]) == MAX_PROMPT_CHARS  # the limit itself is read, unchanged
 
 
 def test_score_cli_prints_mean_count_interval_and_errors_cleanly(tmp_path):

@@ -106,6 +106,9 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, kwarg
 def test_multipart_without_a_file_part_is_422(client):
     r = client.post("/v1/interrogate", files={"note": (None, "just a field")})
     assert r.status_code == 422 and r.json()["error"]["code"] == "missing_file"
+    assert "the field 'file')" in r.json()["error"]["message"]
+    r = client.post("/v1/interrogate/batch", files={"note": (None, "just a field")})
+    assert r.status_code == 422 and "the field 'files', one part per image" in r.json()["error"]["message"]
 
 
 def _gif() -> bytes:

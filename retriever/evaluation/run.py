@@ -32,6 +32,9 @@ def score_files(truth_path: str | Path, pred_path: str | Path, bootstrap: int = 
     pred = read_predictions(pred_path)
     positions = align(truth, pred)
     cos = row_cosines(_embeddings(pred, positions), _embeddings(truth, list(range(len(truth.ids)))))
+    if not np.isfinite(cos).all():  # never a NaN score with status 0
+        lost = [i for i, c in zip(truth.ids, cos) if not np.isfinite(c)]
+        raise ScoreInputError(f"no finite score for ids: {', '.join(sorted(lost)[:10])}")
     return ScoreResult(summarise(cos, bootstrap, seed), truth.ids, cos)
 
 

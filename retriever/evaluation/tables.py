@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from retriever.encoders.base import rescale_extreme
 from retriever.errors import UnpromptError
 from retriever.files import FORMULA_PREFIXES, atomic_write, safe_cell
 from retriever.paths import local_file
@@ -23,6 +24,11 @@ def _ids(values, limit: int = 10) -> str:
     more = f" and {len(values) - limit} more" if len(values) > limit else ""
     return ", ".join(values[:limit]) + more
 
+
+# The longest prompt cell read. The metric model reads only the first 256 word pieces (about 1,000-2,000
+# characters of English) and CLIP 77 tokens, so 100,000 characters refuses no real prompt, while it bounds what
+# one cell costs to tokenise (about 0.1 s; a 10 MB cell took 10.8 s and 1.8 GB, a 100 MB one 13.5 GB).
+MAX_PROMPT_CHARS = 100_000
 
 _GUARDED = "^'([" + "".join(FORMULA_PREFIXES).replace("-", "\\-") + "])"
 
@@ -51,6 +57,14 @@ def _nulls(frame: pl.DataFrame, columns: list[str], path) -> None:
         rows = frame.with_row_index("row").filter(pl.col(column).is_null())["row"].to_list()
         if rows:
             raise ScoreInputError(f"{path}: empty {column!r} in row(s) {_ids([r + 1 for r in rows])}")
+
+
+def _bounded(prompts: list, path, where: str = "row") -> None:
+    """Refuse a prompt longer than MAX_PROMPT_CHARS, naming the first such row (1 = the first data row)."""
+    for k, p in enumerate(prompts):
+        if p is not None and len(str(p)) > MAX_PROMPT_CHARS:
+            raise ScoreInputError(f"{path}: the prompt in {where} {k + 1} has {len(str(p)):,} characters; at most "
+                                  f"{MAX_PROMPT_CHARS:,} are read (the metric model reads its first 256 word pieces)")
 
 
 def _require(frame: pl.DataFrame, columns: list[str], path) -> None:
@@ -93,6 +107,7 @@ def read_truth(path: str | Path) -> Prompts:
     nulls = [i for i, p in zip(ids, prompts) if p is None]
     if nulls:
         raise ScoreInputError(f"{path}: empty prompt for ids: {_ids(nulls)}")
+    _bounded(prompts, path)
     _no_duplicates(ids, f"ground truth {path}")
     return Prompts(ids, [str(p) for p in prompts], None)
 
@@ -108,6 +123,7 @@ def read_predictions(path: str | Path) -> Prompts:
     ids = [str(i) for i in frame["imgId"].to_list()]
     _no_duplicates(ids, f"predictions {path}")
     prompts = frame["prompt"].to_list()
+    _bounded(prompts, path)
     return Prompts(ids, ["" if p is None else str(p) for p in prompts], None)
 
 
@@ -139,7 +155,8 @@ def _long(frame: pl.DataFrame, path) -> Prompts:
         raise ScoreInputError(f"{path}: each image needs {EMBED_DIM} rows, _0 to _{EMBED_DIM - 1}; wrong for: {detail}")
     ordered = split.sort(["imgId", "eId"])
     ids = ordered["imgId"].unique(maintain_order=True).to_list()
-    vectors = ordered["val"].to_numpy().reshape(len(ids), EMBED_DIM).astype(np.float32)
+    # a row of finite values past float32's range (1e308) is scaled first: only its direction is scored
+    vectors = rescale_extreme(ordered["val"].to_numpy().reshape(len(ids), EMBED_DIM)).astype(np.float32)
     return Prompts(ids, None, vectors)
 
 
@@ -182,6 +199,7 @@ def read_pairs(table: str | Path, image_column: str = "image", prompt_column: st
     _require(frame, [image_column, prompt_column], table)
     _not_empty(frame, table)
     _nulls(frame, [image_column, prompt_column], table)
+    _bounded(frame[prompt_column].to_list(), table)
     base = Path(table).parent
     try:
         paths = [local_file(str(p), base) for p in frame[image_column].to_list()]
@@ -200,10 +218,12 @@ def read_prompts(path: str | Path, column: str = "prompt") -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise ScoreInputError(f"{path}: not a UTF-8 text file") from None
+        _bounded(lines, path, "line")
         prompts = [line.strip() for line in lines if line.strip()]
     else:
         table = read_table(path)
         _require(table, [column], path)
+        _bounded(table[column].to_list(), path)
         prompts = [str(p) for p in table[column].drop_nulls().to_list()]
     if not prompts:
         raise ScoreInputError(f"{path}: no prompts")

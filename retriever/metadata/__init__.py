@@ -17,7 +17,7 @@ from PIL import Image
 from retriever.metadata.containers import Found, MetadataLimits, find_text
 from retriever.metadata.exif import exif_fields, xmp_fields
 from retriever.metadata.formats import PARSERS, Fields
-from retriever.metadata.record import GenerationMetadata
+from retriever.metadata.record import GenerationMetadata, cleaned
 
 __all__ = ["GenerationMetadata", "MetadataLimits", "image_metadata", "read_metadata"]
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def _first(fields: Fields, limits: MetadataLimits) -> GenerationMetadata | None:
         return None
     for parse in PARSERS:
         recorded = parse(fields, limits)
-        if recorded is not None and recorded.prompt.strip():
-            return replace(recorded, prompt=recorded.prompt.strip()[: limits.max_prompt_chars],
-                           negative_prompt=recorded.negative_prompt.strip()[: limits.max_prompt_chars])
+        recorded = cleaned(recorded) if recorded is not None else None  # the one place file text is made safe
+        if recorded is not None and recorded.prompt:
+            return replace(recorded, prompt=recorded.prompt[: limits.max_prompt_chars].rstrip(),
+                           negative_prompt=recorded.negative_prompt[: limits.max_prompt_chars].rstrip())
     return None

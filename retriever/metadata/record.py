@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,23 @@ class GenerationMetadata:
     def as_dict(self) -> dict:
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "generator": self.generator,
                 "settings": dict(self.settings), "found_in": self.found_in}
+
+
+_CONTROL_OR_BIDI = re.compile(r"[\x00-\x1f\x7f-\x9f]|([\u202a-\u202e\u2066-\u2069])")
+
+
+def clean_text(text: str) -> str:
+    """Recorded text made safe to print, answer and write one to a line: C0 and C1 control characters (tab,
+    CR and LF included: terminal escapes, NULs) become a space, bidi overrides and isolates go, whitespace runs
+    collapse to one space."""
+    return " ".join(_CONTROL_OR_BIDI.sub(lambda m: "" if m.group(1) else " ", text).split())
+
+
+def cleaned(record: "GenerationMetadata") -> "GenerationMetadata":
+    """The record with every text it carries from the file cleaned (``clean_text``): prompts, generator, settings."""
+    settings = {clean_text(k): clean_text(v) if isinstance(v, str) else v for k, v in record.settings.items()}
+    return GenerationMetadata(clean_text(record.prompt), clean_text(record.negative_prompt),
+                              clean_text(record.generator), {k: v for k, v in settings.items() if k}, record.found_in)
 
 
 def settings_of(pairs: dict[str, Any]) -> dict[str, Setting]:
