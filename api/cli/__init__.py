@@ -16,7 +16,7 @@ from api.cli.common import Formatter, err, positive_int  # noqa: E402
 from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
-from retriever.threads import THREADS_ENV, configure_environment  # noqa: E402
+from retriever.threads import THREADS_ENV, configure_environment, max_threads, threads_problem  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -52,10 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help=f"CPU threads for the models (default: ${THREADS_ENV}, else the CPUs this process may use "
-                        "(affinity and cgroup quota) that other processes are not keeping busy)")
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                   help=f"CPU threads for the models, 1 to {max_threads()} (default: ${THREADS_ENV}, else the CPUs "
+                        "this process may use (affinity and cgroup quota) that other processes are not keeping busy)")
     p.add_argument("--verbose", action="store_true", help="say on standard error how the CPU threads were split")
+
+
+def thread_count(value: str) -> int:
+    """The --threads type: a whole number in the range retriever.threads accepts (refused by argparse, rc 2)."""
+    n = positive_int(value)
+    problem = threads_problem(n)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return n
+
+
+thread_count.__name__ = "whole number"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
