@@ -24,6 +24,17 @@ def safe_cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
+def printable(text: "str | os.PathLike[str]") -> str:
+    """A path (or a message naming one) fit for any output: the bytes of a file name that are not UTF-8 (the
+    lone surrogates ``os.fsdecode`` leaves) become visible ``\\xNN`` escapes, so CSV, TSV, JSON and stderr
+    always get valid UTF-8. Every path unprompt's CLI writes out goes through here."""
+    s = os.fspath(text)
+    try:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to: escape it as it is
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def restore_cell(text: str) -> str:
     """:func:`safe_cell` undone (tables read back unprompt's own CSV files with their original texts)."""
     return text[1:] if text.startswith("'") and text[1:2] and text[1:2] in "".join(FORMULA_PREFIXES) else text

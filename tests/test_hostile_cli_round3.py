@@ -3,6 +3,8 @@ files, one file named twice, CSV quoting and formula cells, names with control c
 folders, long-format ids, empty cells, sources that keep no texts."""
 
 import csv
+import io
+import json
 import os
 import warnings
 
@@ -139,3 +141,32 @@ def test_a_csv_source_missing_its_column_is_one_line(tmp_path):
     res = run_cli("build-index", str(tmp_path / "m.toml"), "--out", str(tmp_path / "out"), "--profile", "lite", "--quiet")
     message = clean_error(res)
     assert "column 'text' not found" in message and len(message.strip().splitlines()) == 1, message
+
+
+def test_file_names_that_are_not_utf8_are_escaped_in_every_format_and_cost_no_row(tmp_path, lite_profile):
+    from retriever.files import printable
+
+    images = tmp_path / "n"
+    images.mkdir()
+    (images / "cat.jpg").write_bytes(CAT.read_bytes())
+    bad = os.fsdecode(b"bad\xff\xfe.jpg")
+    (images / bad).write_bytes(CAT.read_bytes())
+    (images / os.fsdecode(b"b2\xff.png")).write_bytes(b"not a png")
+    assert printable(str(images / bad)).endswith("bad\\xff\\xfe.jpg") and printable("plain/é.jpg") == "plain/é.jpg"
+    for fmt in ("csv", "tsv", "text", "jsonl"):
+        out = tmp_path / f"n.{fmt}"
+        res = run_cli("predict", str(images), "--format", fmt, "--out", str(out), "--no-embedding")
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "b2\\xff.png: not an image" in res.stderr
+        text = out.read_bytes().decode("utf-8")  # strict: valid UTF-8
+        if fmt == "csv":
+            rows = list(csv.reader(io.StringIO(text)))
+            assert [r[0].rsplit("/", 1)[1] for r in rows[1:]] == ["b2\\xff.png", "bad\\xff\\xfe.jpg", "cat.jpg"]
+            assert rows[2][1] and rows[3][1] and rows[1][3]
+        elif fmt == "jsonl":
+            records = [json.loads(line) for line in text.splitlines()]
+            assert [r["image"].rsplit("/", 1)[1] for r in records] == ["b2\\xff.png", "bad\\xff\\xfe.jpg", "cat.jpg"]
+            for r in records:
+                json.dumps(r, ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
+        else:
+            assert len(text.splitlines()) == 3

@@ -29,8 +29,11 @@ _CONTROL = {i: f"\\x{i:02x}" for i in range(32) if chr(i) not in "\t"} | {10: "\
 
 
 def one_line(text: str) -> str:
-    """Control characters (a file name's newline, say) escaped: one message stays one line."""
-    return text.translate(_CONTROL)
+    """Control characters (a file name's newline, say) escaped, and bytes that are not UTF-8 too
+    (retriever.files.printable): one message stays one valid line."""
+    from retriever.files import printable
+
+    return printable(text).translate(_CONTROL)
 
 
 def err(msg: str) -> None:

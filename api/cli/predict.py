@@ -12,7 +12,7 @@ from typing import TextIO
 
 from api.cli.common import bounded_int, command, err, positive_int
 from retriever.errors import UnpromptError
-from retriever.files import safe_cell
+from retriever.files import printable, safe_cell
 from retriever.feed import DEFAULT_BATCH_SIZE
 from retriever.images import IMAGE_SUFFIXES, ImageLimits, ImageRejected, list_images
 from retriever.profile import MODES
@@ -42,7 +42,7 @@ def expand(inputs: list[str], recursive: bool = False) -> tuple[list[str], dict[
             errors[item] = f"{item}: cannot list the folder ({exc.strerror or exc})"
             continue
         if skipped:
-            print(f"unprompt: note: {item}: {skipped} subfolder(s) not read; add --recursive to caption them too",
+            print(f"unprompt: note: {printable(item)}: {skipped} subfolder(s) not read; add --recursive to caption them too",
                   file=sys.stderr)
         out.extend(str(f) for f in files)
     return out, errors
@@ -86,14 +86,15 @@ def write_sidecar(image: str, kind: str, result, profile: str, top: int) -> None
     if kind == "txt":
         text = result.prompt + "\n"
     else:
-        text = json.dumps({"image": Path(image).name, "profile": profile, **result.as_dict(False, top)},
+        text = json.dumps({"image": printable(Path(image).name), "profile": profile, **result.as_dict(False, top)},
                           ensure_ascii=False, indent=1) + "\n"
     with atomic_write(sidecar_path(image, kind)) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
 class Writer:
-    """One record per image, in input order: a failed image keeps its place (empty prompt, or its error)."""
+    """One record per image, in input order: a failed image keeps its place (empty prompt, or its error).
+    Paths and messages are written through ``printable``: a file name that is not UTF-8 costs no row."""
 
     def __init__(self, stream: TextIO, fmt: str, with_embedding: bool, top: int) -> None:
         self.stream, self.fmt, self.with_embedding, self.top = stream, fmt, with_embedding, top
@@ -104,6 +105,7 @@ class Writer:
             self.csv.writerow(["image", "prompt", "negative_prompt", "error", "source", "generator"])
 
     def result(self, path: str, result, extra: dict) -> None:
+        path = printable(path)
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, **result.as_dict(self.with_embedding, self.top), **extra}))
         elif self.csv:
@@ -114,6 +116,7 @@ class Writer:
         self.stream.flush()
 
     def failure(self, path: str, message: str) -> None:
+        path, message = printable(path), printable(message)
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, "error": message}))
         elif self.csv:
