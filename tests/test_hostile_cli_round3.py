@@ -170,3 +170,61 @@ def test_file_names_that_are_not_utf8_are_escaped_in_every_format_and_cost_no_ro
                 json.dumps(r, ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
         else:
             assert len(text.splitlines()) == 3
+
+
+_SLOW_PREDICT = """
+import sys, time
+from pathlib import Path
+import retriever.feed, retriever.pipeline
+from api.cli import main
+
+class Stub:
+    profile = type("P", (), {"name": "stub"})()
+
+def slow(*args, **kwargs):
+    Path(sys.argv[2]).write_text("writing")  # the --out temporary is open now
+    time.sleep(60)
+    yield from ()
+
+retriever.feed.start_decoders = lambda *a, **k: None
+retriever.feed.interrogate_files = slow
+retriever.pipeline.Interrogator.load = classmethod(lambda cls, profile=None: Stub())
+sys.exit(main(["predict", sys.argv[1], "--format", "csv", "--out", sys.argv[3]]))
+"""
+
+
+def test_sigterm_during_predict_out_leaves_no_temporary_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flag, out = tmp_path / "flag", tmp_path / "big.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREDICT, str(CAT), str(flag), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), proc.poll()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "unprompt: error: terminated" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flag"]
+
+
+def test_atomic_write_removes_only_the_temporaries_of_dead_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from retriever.files import atomic_write
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale, live = tmp_path / f".x.csv.{dead}.tmp", tmp_path / ".x.csv.1.tmp"  # pid 1 is always alive
+    other, lookalike = tmp_path / f".y.csv.{dead}.tmp", tmp_path / f".x.csv.7.tmp.{dead}.tmp"
+    for p in (stale, live, other, lookalike):
+        p.write_text("left over")
+    with atomic_write(tmp_path / "x.csv") as tmp:
+        tmp.write_text("new\n")
+    assert (tmp_path / "x.csv").read_text() == "new\n"
+    assert not stale.exists() and live.exists() and other.exists() and lookalike.exists()

@@ -88,7 +88,7 @@ def write_sidecar(image: str, kind: str, result, profile: str, top: int) -> None
     else:
         text = json.dumps({"image": printable(Path(image).name), "profile": profile, **result.as_dict(False, top)},
                           ensure_ascii=False, indent=1) + "\n"
-    with atomic_write(sidecar_path(image, kind)) as tmp:
+    with atomic_write(sidecar_path(image, kind), clean_stale=False) as tmp:  # one per image: no folder scan
         Path(tmp).write_text(text, encoding="utf-8")
 
 
