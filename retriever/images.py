@@ -224,12 +224,21 @@ def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.I
     return admit_image(read_image_file(path, limits), limits, name=str(path))
 
 
+def is_listed_image(path: Path) -> bool:
+    """Whether a folder listing names ``path`` as an image: an image suffix, and not a folder. Entries that are
+    not readable regular files (a FIFO, a dangling symlink, a symlink loop or one to a device) are listed too,
+    so that :func:`read_image_file` refuses each with its own error (without opening it) instead of the
+    listing hiding them."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files of a folder (by suffix), sorted by name; a clear error for a non-folder or none."""
+    """The image files of a folder (by suffix: :func:`is_listed_image`), sorted by name; a clear error for a
+    non-folder or none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageRejected("missing", f"{folder}: not a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(p for p in folder.iterdir() if is_listed_image(p))
     if not images:
         raise ImageRejected("missing", f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return images

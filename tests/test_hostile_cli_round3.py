@@ -228,3 +228,24 @@ def test_atomic_write_removes_only_the_temporaries_of_dead_processes(tmp_path):
         tmp.write_text("new\n")
     assert (tmp_path / "x.csv").read_text() == "new\n"
     assert not stale.exists() and live.exists() and other.exists() and lookalike.exists()
+
+
+def test_listed_entries_that_are_not_regular_files_get_error_rows_not_silence(tmp_path, lite_profile):
+    folder = tmp_path / "L"
+    (folder / "s").mkdir(parents=True)
+    (folder / "s" / "cat.jpg").write_bytes(CAT.read_bytes())
+    (folder / "cat.jpg").write_bytes(CAT.read_bytes())
+    os.mkfifo(folder / "f.jpg")  # never opened: a FIFO would block the read
+    (folder / "d.jpg").symlink_to("/nonexistent.jpg")
+    (folder / "y.jpg").symlink_to(folder / "y.jpg")  # a loop
+    (folder / "z.png").symlink_to("/dev/zero")
+    (folder / "dir.jpg").mkdir()  # a folder named like an image is a folder, not an image
+    for extra in ([], ["-r"]):
+        res = run_cli("predict", str(folder), "--format", "tsv", *extra)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        rows = dict(line.split("\t") for line in res.stdout.splitlines())
+        names = sorted(os.path.relpath(p, folder) for p in rows)
+        assert names == sorted(["cat.jpg", "d.jpg", "f.jpg", "y.jpg", "z.png", *(["s/cat.jpg"] if extra else [])])
+        assert rows[str(folder / "cat.jpg")] and not rows[str(folder / "f.jpg")]
+        for name in ("d.jpg", "f.jpg", "y.jpg", "z.png"):
+            assert f"{name}: " in res.stderr

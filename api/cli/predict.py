@@ -14,7 +14,7 @@ from api.cli.common import bounded_int, command, err, positive_int
 from retriever.errors import UnpromptError
 from retriever.files import printable, safe_cell
 from retriever.feed import DEFAULT_BATCH_SIZE
-from retriever.images import IMAGE_SUFFIXES, ImageLimits, ImageRejected, list_images
+from retriever.images import ImageLimits, ImageRejected, is_listed_image, list_images
 from retriever.profile import MODES
 
 LIMITS = ImageLimits()
@@ -53,7 +53,7 @@ def walk_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
     many subfolders were left out. A folder with no image anywhere is the usual clear error."""
     if not recursive:
         return list_images(folder), sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    files = sorted(p for p in folder.rglob("*") if is_listed_image(p)
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     return (files, 0) if files else (list_images(folder), 0)
 
