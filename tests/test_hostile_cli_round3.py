@@ -249,3 +249,21 @@ def test_listed_entries_that_are_not_regular_files_get_error_rows_not_silence(tm
         assert rows[str(folder / "cat.jpg")] and not rows[str(folder / "f.jpg")]
         for name in ("d.jpg", "f.jpg", "y.jpg", "z.png"):
             assert f"{name}: " in res.stderr
+
+
+def test_closed_stdout_a_junk_feedback_db_and_out_of_range_ports_are_one_line(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("unprompt", path=str(Path(sys.executable).parent))
+    closed = subprocess.run(["sh", "-c", 'exec "$0" "$@" 1>&-', exe, "predict", str(CAT)],
+                            capture_output=True, text=True, timeout=120)
+    assert clean_error(closed).count("standard output is closed") == 1
+    (tmp_path / "x.db").write_text("junk\n")
+    res = run_cli("feedback", "export", "--out", str(tmp_path / "fb"), "--db", str(tmp_path / "x.db"))
+    assert "cannot read the feedback database (file is not a database)" in clean_error(res)
+    for command in ("doctor", "serve"):
+        assert "must be at most 65535, not 99999" in clean_error(run_cli(command, "--port", "99999"))
+        assert "must be at least 0, not -1" in clean_error(run_cli(command, "--port", "-1"))

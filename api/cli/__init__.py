@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from api.cli import doctor, feedback, generate, indexes, predict, scoring, serve, sources, train  # noqa: E402
-from api.cli.common import Formatter, err, positive_int  # noqa: E402
+from api.cli.common import Formatter, err, open_standard_streams, positive_int  # noqa: E402
 from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
+    open_standard_streams()
     warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)

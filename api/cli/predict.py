@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from api.cli.common import bounded_int, command, err, positive_int
+from api.cli.common import bounded_int, command, err, positive_int, require_stdout
 from retriever.errors import UnpromptError
 from retriever.files import printable, safe_cell
 from retriever.feed import DEFAULT_BATCH_SIZE
@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = "jsonl" if args.json else args.format
     out = check_output_file(args.out, "--out") if args.out else None
+    if out is None:
+        require_stdout()
     paths, unlisted = expand(args.images, args.recursive)
     if args.sidecar:
         paths, skipped = plan_sidecars(paths, args.sidecar, args.overwrite)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli.common import command
+from api.cli.common import command, port_number
 from retriever.errors import UnpromptError
 
 
@@ -50,5 +50,5 @@ def register(sub) -> None:
 
     fields = Settings.model_fields
     p.add_argument("--host", default=None, help=f"address to bind (default {fields['host'].default})")
-    p.add_argument("--port", type=int, default=None, help=f"port (default {fields['port'].default})")
+    p.add_argument("--port", type=port_number, default=None, help=f"port (default {fields['port'].default})")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (no micro-batching)")
