@@ -173,6 +173,15 @@ def _decode(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     return _to_rgb(img)
 
 
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height a PNG's IHDR or a GIF's screen descriptor declares (None for other files)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    return None
+
+
 def admit_image(data: bytes, limits: ImageLimits = ImageLimits(), name: str = "image") -> Image.Image:
     """Bytes -> RGB PIL image no larger than ``limits.working_side``, or :class:`ImageRejected`."""
     if not data:
@@ -187,6 +196,9 @@ def admit_image(data: bytes, limits: ImageLimits = ImageLimits(), name: str = "i
     except ImageRejected:
         raise
     except UnidentifiedImageError:
+        declared = _declared_size(data)  # Pillow refuses a zero side as "cannot identify": say what it is
+        if declared and min(declared) == 0 and any(f in limits.formats for f in ("PNG", "GIF")):
+            _check_shape(*declared, limits, name)
         raise ImageRejected("not_image", f"{name}: not an image file in an accepted format "
                                          f"({', '.join(limits.formats)})") from None
     except Image.DecompressionBombError:

@@ -267,3 +267,37 @@ def test_closed_stdout_a_junk_feedback_db_and_out_of_range_ports_are_one_line(tm
     for command in ("doctor", "serve"):
         assert "must be at most 65535, not 99999" in clean_error(run_cli(command, "--port", "99999"))
         assert "must be at least 0, not -1" in clean_error(run_cli(command, "--port", "-1"))
+
+
+def test_small_messages_read_cleanly(tmp_path):
+    import struct
+    import zlib
+
+    from retriever.images import ImageRejected, admit_image
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[[sources]]\nname = "a"\npath = "a.txt"\nbogus = 1\nother = 2\n')
+    res = run_cli("build-index", str(bad), "--out", str(tmp_path / "idx"))
+    message = clean_error(res)
+    assert "is invalid: sources.0" in message and "\\n" not in message and "; sources.0" in message
+
+    def png(w, h):
+        chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    for w, h in ((0, 5), (5, 0)):
+        with pytest.raises(ImageRejected, match=rf"zero side \({w}x{h}\)") as info:
+            admit_image(png(w, h), name="z.png")
+        assert info.value.reason == "bad_shape"
+
+    write_short(tmp_path / "t.csv", ["a", "b"], ["x", "y"])
+    (tmp_path / "p.csv").write_text("imgId,prompt\na,x\n,y\n")
+    res = run_cli("score", "--truth", str(tmp_path / "t.csv"), "--predictions", str(tmp_path / "p.csv"))
+    assert "empty 'imgId' in row(s) 2" in clean_error(res) and "None" not in res.stderr
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(CAT.read_bytes())
+    (tmp_path / "imgs" / "a.txt").mkdir()
+    res = run_cli("predict", str(tmp_path / "imgs"), "--sidecar", "txt")
+    assert "a.txt; move them first" in clean_error(res) and "already have" not in res.stderr

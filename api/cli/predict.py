@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -75,7 +76,12 @@ def plan_sidecars(paths: list[str], kind: str, overwrite: bool) -> tuple[list[st
         raise UnpromptError(f"--sidecar {kind}: these images would share one caption file: {shown}"
                             + (f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else "")
                             + "; rename one of each pair")
-    todo = paths if overwrite else [p for p in paths if not sidecar_path(p, kind).exists()]
+    odd = [str(sidecar_path(p, kind)) for p in paths
+           if os.path.lexists(sidecar_path(p, kind)) and not sidecar_path(p, kind).is_file()]
+    if odd:  # a folder named a.txt is no caption, and a caption could not be written there either
+        raise UnpromptError(f"--sidecar {kind}: {len(odd)} caption path(s) exist and are not regular files: "
+                            + "; ".join(odd[:3]) + (" ..." if len(odd) > 3 else "") + "; move them first")
+    todo = paths if overwrite else [p for p in paths if not sidecar_path(p, kind).is_file()]
     return todo, len(paths) - len(todo)
 
 

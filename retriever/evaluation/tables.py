@@ -88,6 +88,7 @@ def read_truth(path: str | Path) -> Prompts:
         return read_predictions(path)
     _require(frame, ["imgId", "prompt"], path)
     _not_empty(frame, path)
+    _nulls(frame, ["imgId"], path)
     ids = [str(i) for i in frame["imgId"].to_list()]
     prompts = frame["prompt"].to_list()
     nulls = [i for i, p in zip(ids, prompts) if p is None]
@@ -102,9 +103,11 @@ def read_predictions(path: str | Path) -> Prompts:
     if "imgId_eId" in frame.columns:
         _require(frame, ["imgId_eId", "val"], path)
         _not_empty(frame, path)
+        _nulls(frame, ["imgId_eId"], path)
         return _long(frame.with_columns(pl.col("imgId_eId").cast(pl.String)), path)
     _require(frame, ["imgId", "prompt"], path)
     _not_empty(frame, path)
+    _nulls(frame, ["imgId"], path)
     ids = [str(i) for i in frame["imgId"].to_list()]
     _no_duplicates(ids, f"predictions {path}")
     prompts = frame["prompt"].to_list()
