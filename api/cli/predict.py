@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import sys
+from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
@@ -98,6 +99,24 @@ def write_sidecar(image: str, kind: str, result, profile: str, top: int) -> None
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+def read_sidecar(image: str, kind: str) -> dict:
+    """The caption an earlier run wrote beside ``image``: prompt (and, from a .json, negative prompt and
+    generator), or UnpromptError when it cannot be read."""
+    path = sidecar_path(image, kind)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if kind == "txt":
+            return {"prompt": text.strip()}
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise ValueError("no prompt in it")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UnpromptError(f"{path}: cannot read the caption ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                            "--overwrite to caption the image again") from None
+    return {"prompt": data["prompt"], "negative_prompt": str(data.get("negative_prompt") or ""),
+            "generator": str(data.get("generator") or "")}
+
+
 class Writer:
     """One record per image, in input order: a failed image keeps its place (empty prompt, or its error).
     Paths and messages are written through ``printable``: a file name that is not UTF-8 costs no row."""
@@ -119,6 +138,19 @@ class Writer:
                                               result.generator or ""]))
         else:
             self._line(f"{_one_line(path)}\t{_one_line(result.prompt)}" if self.fmt == "tsv" else _one_line(result.prompt))
+        self.stream.flush()
+
+    def captioned(self, path: str, caption: dict) -> None:
+        """An image skipped for the caption beside it: that caption, with source ``sidecar``."""
+        path, prompt = printable(path), caption["prompt"]
+        negative, generator = caption.get("negative_prompt", ""), caption.get("generator", "")
+        if self.fmt == "jsonl":
+            self._line(json.dumps({"image": path, "prompt": prompt, "negative_prompt": negative, "source": "sidecar",
+                                   "generator": generator or None}))
+        elif self.csv:
+            self.csv.writerow(map(safe_cell, [path, prompt, negative, "", "sidecar", generator]))
+        else:
+            self._line(f"{_one_line(path)}\t{_one_line(prompt)}" if self.fmt == "tsv" else _one_line(prompt))
         self.stream.flush()
 
     def failure(self, path: str, message: str) -> None:
@@ -149,20 +181,25 @@ def run(args: argparse.Namespace) -> int:
     if out is None:
         require_stdout()
     paths, unlisted = expand(args.images, args.recursive)
+    listed, captioned = paths, set()
     if args.sidecar:
         paths, skipped = plan_sidecars(paths, args.sidecar, args.overwrite)
         if skipped:
+            captioned = set(listed) - set(paths)
             print(f"unprompt: note: {skipped} image(s) already have a .{args.sidecar} caption, skipped "
-                  "(--overwrite to caption them again)", file=sys.stderr)
-        if not paths and not unlisted:
+                  "(--overwrite to caption them again)" + ("; --out lists them with that caption" if out else ""),
+                  file=sys.stderr)
+        if not paths and not unlisted and not out:
             return 0
-    if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
+    if not (out and captioned) and not any(Path(p).is_file() for p in paths):  # say so before any model loads
         named = [*unlisted.values(), *paths]
         raise UnpromptError("no image to read: " + "; ".join(named[:5]) + (" ..." if len(named) > 5 else ""))
-    start_decoders()  # they start while torch and the models load
-    from retriever.pipeline import Interrogator
+    interrogator = None
+    if paths:
+        start_decoders()  # they start while torch and the models load
+        from retriever.pipeline import Interrogator
 
-    interrogator = Interrogator.load(args.profile)
+        interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
     failures = len(unlisted)
     for message in unlisted.values():
@@ -175,9 +212,29 @@ def run(args: argparse.Namespace) -> int:
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
         for folder, message in unlisted.items():
             writer.failure(folder, message)
+        # with --out, the images skipped for their caption keep their place in the table (nothing lost on a rerun)
+        order = deque(listed if out and captioned else [])
+
+        def read_back(upto: str | None) -> int:
+            """Rows for the captioned images listed before ``upto`` (all that remain for None); failures."""
+            bad = 0
+            while order and order[0] != upto:
+                image = order.popleft()
+                try:
+                    writer.captioned(image, read_sidecar(image, args.sidecar))
+                except UnpromptError as exc:
+                    bad += 1
+                    err(str(exc))
+                    writer.failure(image, str(exc))
+            if order:
+                order.popleft()  # ``upto`` itself: answered below
+            return bad
+
         answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
-                                    stages=fmt == "jsonl" and not args.no_embedding, metadata=not args.no_metadata)
+                                    stages=fmt == "jsonl" and not args.no_embedding,
+                                    metadata=not args.no_metadata) if interrogator else iter(())
         for answer in progress(answers, len(paths), "predict"):
+            failures += read_back(answer.path)
             if answer.result is None:
                 failures += 1
                 err(answer.error or "")
@@ -187,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 write_sidecar(answer.path, args.sidecar, answer.result, interrogator.profile.name, args.top)
             writer.result(answer.path, answer.result,
                           {"timings_ms": answer.timings_ms, "profile": interrogator.profile.name})
+        failures += read_back(None)
     return 1 if failures else 0
 
 
@@ -210,7 +268,8 @@ def register(sub) -> None:
     p.add_argument("--sidecar", choices=SIDECARS, default=None,
                    help="also write each caption next to its image (name.txt: the prompt, kohya-style; name.json: "
                         "prompt, alternatives, negative prompt, candidates); images that already have one are "
-                        "skipped, so an interrupted run resumes where it stopped")
+                        "skipped, so an interrupted run resumes where it stopped (with --out, the table lists them too, "
+                        "with the caption read back from the sidecar)")
     p.add_argument("--overwrite", action="store_true", help="with --sidecar: caption images that already have one")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call (decoding runs ahead in threads); results do not depend on it")
