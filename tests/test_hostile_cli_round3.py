@@ -155,7 +155,8 @@ def test_file_names_that_are_not_utf8_are_escaped_in_every_format_and_cost_no_ro
     assert printable(str(images / bad)).endswith("bad\\xff\\xfe.jpg") and printable("plain/é.jpg") == "plain/é.jpg"
     for fmt in ("csv", "tsv", "text", "jsonl"):
         out = tmp_path / f"n.{fmt}"
-        res = run_cli("predict", str(images), "--format", fmt, "--out", str(out), "--no-embedding")
+        res = run_cli("predict", str(images), "--format", fmt, "--out", str(out), "--no-embedding",
+                      "--mode", "fast")
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
         assert "b2\\xff.png: not an image" in res.stderr
         text = out.read_bytes().decode("utf-8")  # strict: valid UTF-8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from api.cli.common import command, port_number
 from retriever.errors import UnpromptError
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{shown}]" if ":" in shown else shown
     print(f"unprompt: serving profile {interrogator.profile.name} at http://{shown}:{settings.port}/ "
           f"(API docs at /docs; Ctrl+C stops)", flush=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's graceful stop, then the signal's own exit (as before)
     uvicorn.run(create_app(settings, interrogator), host=settings.host, port=settings.port, log_level="warning",
                 access_log=False, **uvicorn_options(settings))
     return 0
