@@ -44,7 +44,8 @@ def expand(inputs: list[str], recursive: bool = False) -> tuple[list[str], dict[
             errors[item] = f"{item}: cannot list the folder ({exc.strerror or exc})"
             continue
         if skipped:
-            print(f"unprompt: note: {printable(item)}: {skipped} subfolder(s) not read; add --recursive to caption them too",
+            print(f"unprompt: note: {printable(item)}: {skipped} subfolder(s) not read; "
+                  "add --recursive to caption them too",
                   file=sys.stderr)
         out.extend(str(f) for f in files)
     return out, errors
@@ -268,8 +269,8 @@ def register(sub) -> None:
     p.add_argument("--sidecar", choices=SIDECARS, default=None,
                    help="also write each caption next to its image (name.txt: the prompt, kohya-style; name.json: "
                         "prompt, alternatives, negative prompt, candidates); images that already have one are "
-                        "skipped, so an interrupted run resumes where it stopped (with --out, the table lists them too, "
-                        "with the caption read back from the sidecar)")
+                        "skipped, so an interrupted run resumes where it stopped (with --out, the table lists "
+                        "them too, with the caption read back from the sidecar)")
     p.add_argument("--overwrite", action="store_true", help="with --sidecar: caption images that already have one")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call (decoding runs ahead in threads); results do not depend on it")

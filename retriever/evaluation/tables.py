@@ -115,7 +115,8 @@ def read_predictions(path: str | Path) -> Prompts:
 
 
 def _long(frame: pl.DataFrame, path) -> Prompts:
-    key = r"(?s)^(.*)_(0|[1-9]\d{0,2})$"  # any imgId (a newline too); eId written as Kaggle does: no leading zeros (b_00 is not b_0)
+    # any imgId (a newline too); eId written as Kaggle does: no leading zeros (b_00 is not b_0)
+    key = r"(?s)^(.*)_(0|[1-9]\d{0,2})$"
     split = frame.select(
         pl.col("imgId_eId").str.extract(key, 1).alias("imgId"),
         pl.col("imgId_eId").str.extract(key, 2).cast(pl.Int64, strict=False).alias("eId"),
