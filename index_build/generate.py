@@ -105,7 +105,7 @@ class PairGenerator:
             for i, image in zip(batch, images):
                 path = self.out / rows[i]["image"]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(path, fsync=False) as tmp:
+                with atomic_write(path, fsync=False, clean_stale=False) as tmp:  # one per image
                     image.convert("RGB").save(tmp, format="JPEG", quality=self.opts.quality)
                 ok[i] = 1
         return ok

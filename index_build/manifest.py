@@ -136,7 +136,7 @@ def load_manifest(value: str | Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(f"manifest {path} is invalid:\n{format_validation_error(exc)}") from None
+        raise ManifestError(f"manifest {path} is invalid: {format_validation_error(exc)}") from None
 
 
 def source_files(source: Source, base_dir: str) -> list[str]:

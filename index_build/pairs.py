@@ -61,7 +61,7 @@ def load_pairs_manifest(value: str | Path) -> PairsManifest:
         manifest = PairsManifest.model_validate(data)
         manifest.part_path.format(part=1), manifest.records_file.format(part=1)
     except ValidationError as exc:
-        raise ManifestError(f"pairs manifest {path} is invalid:\n{format_validation_error(exc)}") from None
+        raise ManifestError(f"pairs manifest {path} is invalid: {format_validation_error(exc)}") from None
     except (KeyError, ValueError, IndexError) as exc:
         raise ManifestError(f"pairs manifest {path}: part_path and records_file take {{part}} only ({exc})") from None
     return manifest

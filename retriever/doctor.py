@@ -237,8 +237,14 @@ def _threads() -> Check:
 def _port(host: str | None, port: int | None) -> Check:
     from api.settings import Settings
 
-    settings = Settings()
-    host, port = host or settings.host, port or settings.port
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # UNPROMPT_PORT=99999, say
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return Check("port", "fail", f"bad service settings: {problems}", "fix the UNPROMPT_* variable named")
+    host, port = host or settings.host, port if port is not None else settings.port
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -113,7 +113,7 @@ class FeedbackStore:
             images.mkdir(parents=True, exist_ok=True)
             image_file = f"images/{fb.image_sha256}{suffix if SUFFIX.match(suffix) else '.img'}"
             if not (self.path.parent / image_file).exists():
-                write_bytes_atomic(self.path.parent / image_file, image)
+                write_bytes_atomic(self.path.parent / image_file, image, clean_stale=False)  # one per image
         created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         with self._lock, closing(self._connect()) as conn, conn:
             cur = conn.execute(

@@ -24,21 +24,71 @@ def safe_cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
+def printable(text: "str | os.PathLike[str]") -> str:
+    """A path (or a message naming one) fit for any output: the bytes of a file name that are not UTF-8 (the
+    lone surrogates ``os.fsdecode`` leaves) become visible ``\\xNN`` escapes, so CSV, TSV, JSON and stderr
+    always get valid UTF-8. Every path unprompt's CLI writes out goes through here."""
+    s = os.fspath(text)
+    try:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to: escape it as it is
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def restore_cell(text: str) -> str:
     """:func:`safe_cell` undone (tables read back unprompt's own CSV files with their original texts)."""
     return text[1:] if text.startswith("'") and text[1:2] and text[1:2] in "".join(FORMULA_PREFIXES) else text
 
 
 def tmp_name(path: Path) -> Path:
-    """A hidden temporary name beside ``path`` (a build's garbage collection removes leftovers)."""
+    """A hidden temporary name beside ``path``, ``.<name>.<pid>.tmp`` (a build's garbage collection removes
+    leftovers; :func:`remove_stale_temporaries` those of a process that was killed)."""
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM), or cannot tell: leave its file alone
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> int:
+    """Remove the temporaries of ``path`` (``.<name>.<pid>.tmp`` beside it, regular files) whose process no
+    longer exists: what a run killed with SIGKILL leaves. Returns how many went; never raises."""
+    prefix, own, removed = f".{path.name}.", os.getpid(), 0
+    try:
+        entries = os.scandir(path.parent)
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            pid = entry.name[len(prefix):-len(TMP_SUFFIX)]
+            if not (entry.name.startswith(prefix) and entry.name.endswith(TMP_SUFFIX) and pid.isdigit()):
+                continue
+            if int(pid) == own or _alive(int(pid)):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 @contextmanager
-def atomic_write(path: str | Path, fsync: bool = True) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path`` in one rename."""
+def atomic_write(path: str | Path, fsync: bool = True, clean_stale: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` in one rename. ``clean_stale``: first
+    remove this target's temporaries left by dead processes (one listing of the folder: writers of many small
+    files in one folder, such as sidecars, pass False)."""
     path = Path(path)
     tmp = tmp_name(path)
+    if clean_stale:
+        remove_stale_temporaries(path)
     try:
         yield tmp
         if fsync:
@@ -56,8 +106,8 @@ def atomic_write(path: str | Path, fsync: bool = True) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_write(path) as tmp:
+def write_bytes_atomic(path: str | Path, data: bytes, clean_stale: bool = True) -> None:
+    with atomic_write(path, clean_stale=clean_stale) as tmp:
         tmp.write_bytes(data)
 
 

@@ -173,6 +173,15 @@ def _decode(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     return _to_rgb(img)
 
 
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height a PNG's IHDR or a GIF's screen descriptor declares (None for other files)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    return None
+
+
 def admit_image(data: bytes, limits: ImageLimits = ImageLimits(), name: str = "image") -> Image.Image:
     """Bytes -> RGB PIL image no larger than ``limits.working_side``, or :class:`ImageRejected`."""
     if not data:
@@ -187,6 +196,9 @@ def admit_image(data: bytes, limits: ImageLimits = ImageLimits(), name: str = "i
     except ImageRejected:
         raise
     except UnidentifiedImageError:
+        declared = _declared_size(data)  # Pillow refuses a zero side as "cannot identify": say what it is
+        if declared and min(declared) == 0 and any(f in limits.formats for f in ("PNG", "GIF")):
+            _check_shape(*declared, limits, name)
         raise ImageRejected("not_image", f"{name}: not an image file in an accepted format "
                                          f"({', '.join(limits.formats)})") from None
     except Image.DecompressionBombError:
@@ -224,12 +236,21 @@ def load_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.I
     return admit_image(read_image_file(path, limits), limits, name=str(path))
 
 
+def is_listed_image(path: Path) -> bool:
+    """Whether a folder listing names ``path`` as an image: an image suffix, and not a folder. Entries that are
+    not readable regular files (a FIFO, a dangling symlink, a symlink loop or one to a device) are listed too,
+    so that :func:`read_image_file` refuses each with its own error (without opening it) instead of the
+    listing hiding them."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files of a folder (by suffix), sorted by name; a clear error for a non-folder or none."""
+    """The image files of a folder (by suffix: :func:`is_listed_image`), sorted by name; a clear error for a
+    non-folder or none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageRejected("missing", f"{folder}: not a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(p for p in folder.iterdir() if is_listed_image(p))
     if not images:
         raise ImageRejected("missing", f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return images

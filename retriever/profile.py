@@ -237,4 +237,4 @@ def load_profile(name_or_path: str | None = None) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"profile {path} is invalid:\n{format_validation_error(exc)}") from None
+        raise ProfileError(f"profile {path} is invalid: {format_validation_error(exc)}") from None

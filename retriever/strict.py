@@ -12,5 +12,6 @@ class Strict(BaseModel):
 
 
 def format_validation_error(err: ValidationError) -> str:
-    """One indented line per problem: where it is (dotted path) and what is wrong."""
-    return "\n".join(f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors())
+    """Every problem on one line, "; " between them: where it is (dotted path) and what is wrong (an error
+    message stays one line: the CLI escapes newlines)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors())

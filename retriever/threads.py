@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 THREADS_ENV = "UNPROMPT_THREADS"
+THREADS_PER_CPU = 4  # a fixed count may oversubscribe the host this much, no more (each count starts pools)
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _OURS = "_UNPROMPT_OMP_NUM_THREADS"  # the OMP_NUM_THREADS unprompt itself set (children plan again)
 
@@ -148,16 +149,37 @@ def split(budget: int) -> tuple[int, int, int]:
     return budget - decode, 1, decode
 
 
+def max_threads() -> int:
+    """The largest thread count --threads or $UNPROMPT_THREADS may fix: THREADS_PER_CPU x the host's CPUs."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def threads_problem(n: int) -> str | None:
+    """Why ``n`` is not a thread count this host accepts (1 to :func:`max_threads`), or None when it is."""
+    if n < 1:
+        return f"must be at least 1, not {n}"
+    if n > max_threads():
+        return f"must be at most {max_threads()} ({THREADS_PER_CPU} x the {os.cpu_count() or 1} CPUs of this host), not {n}"
+    return None
+
+
 def _explicit(value: int | None) -> tuple[int, str] | None:
-    """A thread count someone chose: --threads, $UNPROMPT_THREADS, or a $OMP_NUM_THREADS that unprompt did not set."""
+    """A thread count someone chose: --threads, $UNPROMPT_THREADS, or a $OMP_NUM_THREADS that unprompt did not set.
+    The first two are checked against :func:`threads_problem` (an unbounded count would start that many pools)."""
+    from retriever.errors import UnpromptError
+
     if value is not None:
+        problem = threads_problem(value)
+        if problem:
+            raise UnpromptError(f"--threads {problem}")
         return value, "--threads"
     raw = os.environ.get(THREADS_ENV, "").strip()
     if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            from retriever.errors import UnpromptError
-
+        if not raw.isdigit():
             raise UnpromptError(f"${THREADS_ENV} must be a whole number of threads, at least 1 (got {raw!r})")
+        problem = threads_problem(int(raw))
+        if problem:
+            raise UnpromptError(f"${THREADS_ENV} {problem}")
         return int(raw), THREADS_ENV
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) >= 1 and os.environ.get(_OURS) != omp:
@@ -171,7 +193,7 @@ def plan_threads(threads: int | None = None) -> ThreadPlan:
     fixed = _explicit(threads)
     if fixed is not None:
         n, source = fixed
-        intra, inter, decode = n, 1, split(n)[2]
+        intra, inter, decode = n, 1, min(split(n)[2], usable)  # decode workers are processes: never past the CPUs
         return ThreadPlan(usable, usable, intra, inter, decode, source)
     free = free_cpus(usable)
     intra, inter, decode = split(free)

@@ -107,3 +107,27 @@ def test_classic_adds_the_flavours_asked_for_and_alternatives_are_distinct(lite_
         assert not any(a < b or b < a for i, a in enumerate(parts) for b in parts[i + 1:])  # none a copy plus one
         assert len(r.alternatives) <= 5
     assert any(r.alternatives for r in five)  # (an image whose every other prompt is part of its answer has none)
+
+
+def test_a_rerun_with_out_lists_every_image_the_skipped_ones_with_their_caption(dataset, lite_interrogator):
+    import csv
+
+    res = run_cli("predict", str(dataset / "cat.jpg"), str(dataset / "a" / "b" / "clock.jpg"), "--sidecar", "txt")
+    assert res.returncode == 0, res.stderr
+    (dataset / "cat.txt").write_text("=edited caption\n")  # the user's own edit is what the table shows
+    out = dataset / "x.csv"
+    res = run_cli("predict", str(dataset), "-r", "--sidecar", "txt", "--format", "csv", "--out", str(out))
+    assert res.returncode == 0 and "--out lists them with that caption" in res.stderr, res.stderr
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [os.path.relpath(r["image"], dataset) for r in rows] == ["a/b/clock.jpg", "a/b/rocket.jpg",
+                                                                     "a/coffee.jpg", "cat.jpg"]
+    by_name = {os.path.basename(r["image"]): r for r in rows}
+    assert by_name["cat.jpg"]["prompt"] == "'=edited caption" and by_name["cat.jpg"]["source"] == "sidecar"
+    assert by_name["clock.jpg"]["prompt"] == (dataset / "a" / "b" / "clock.txt").read_text().strip()
+    assert by_name["rocket.jpg"]["source"] == "interrogation" and by_name["rocket.jpg"]["prompt"]
+    res = run_cli("predict", str(dataset), "-r", "--sidecar", "txt", "--format", "tsv", "--out", str(out))
+    assert res.returncode == 0 and len(out.read_text().splitlines()) == 4  # all captioned: read back, no model call
+    (dataset / "cat.json").write_text("{broken")
+    res = run_cli("predict", str(dataset / "cat.jpg"), "--sidecar", "json", "--format", "jsonl", "--out", str(out))
+    assert res.returncode == 1 and "cat.json: cannot read the caption" in res.stderr and "Traceback" not in res.stderr
+    assert "cannot read the caption" in json.loads(out.read_text())["error"]

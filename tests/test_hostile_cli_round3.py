@@ -3,6 +3,8 @@ files, one file named twice, CSV quoting and formula cells, names with control c
 folders, long-format ids, empty cells, sources that keep no texts."""
 
 import csv
+import io
+import json
 import os
 import warnings
 
@@ -139,3 +141,164 @@ def test_a_csv_source_missing_its_column_is_one_line(tmp_path):
     res = run_cli("build-index", str(tmp_path / "m.toml"), "--out", str(tmp_path / "out"), "--profile", "lite", "--quiet")
     message = clean_error(res)
     assert "column 'text' not found" in message and len(message.strip().splitlines()) == 1, message
+
+
+def test_file_names_that_are_not_utf8_are_escaped_in_every_format_and_cost_no_row(tmp_path, lite_profile):
+    from retriever.files import printable
+
+    images = tmp_path / "n"
+    images.mkdir()
+    (images / "cat.jpg").write_bytes(CAT.read_bytes())
+    bad = os.fsdecode(b"bad\xff\xfe.jpg")
+    (images / bad).write_bytes(CAT.read_bytes())
+    (images / os.fsdecode(b"b2\xff.png")).write_bytes(b"not a png")
+    assert printable(str(images / bad)).endswith("bad\\xff\\xfe.jpg") and printable("plain/é.jpg") == "plain/é.jpg"
+    for fmt in ("csv", "tsv", "text", "jsonl"):
+        out = tmp_path / f"n.{fmt}"
+        res = run_cli("predict", str(images), "--format", fmt, "--out", str(out), "--no-embedding",
+                      "--mode", "fast")
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "b2\\xff.png: not an image" in res.stderr
+        text = out.read_bytes().decode("utf-8")  # strict: valid UTF-8
+        if fmt == "csv":
+            rows = list(csv.reader(io.StringIO(text)))
+            assert [r[0].rsplit("/", 1)[1] for r in rows[1:]] == ["b2\\xff.png", "bad\\xff\\xfe.jpg", "cat.jpg"]
+            assert rows[2][1] and rows[3][1] and rows[1][3]
+        elif fmt == "jsonl":
+            records = [json.loads(line) for line in text.splitlines()]
+            assert [r["image"].rsplit("/", 1)[1] for r in records] == ["b2\\xff.png", "bad\\xff\\xfe.jpg", "cat.jpg"]
+            for r in records:
+                json.dumps(r, ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
+        else:
+            assert len(text.splitlines()) == 3
+
+
+_SLOW_PREDICT = """
+import sys, time
+from pathlib import Path
+import retriever.feed, retriever.pipeline
+from api.cli import main
+
+class Stub:
+    profile = type("P", (), {"name": "stub"})()
+
+def slow(*args, **kwargs):
+    Path(sys.argv[2]).write_text("writing")  # the --out temporary is open now
+    time.sleep(60)
+    yield from ()
+
+retriever.feed.start_decoders = lambda *a, **k: None
+retriever.feed.interrogate_files = slow
+retriever.pipeline.Interrogator.load = classmethod(lambda cls, profile=None: Stub())
+sys.exit(main(["predict", sys.argv[1], "--format", "csv", "--out", sys.argv[3]]))
+"""
+
+
+def test_sigterm_during_predict_out_leaves_no_temporary_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flag, out = tmp_path / "flag", tmp_path / "big.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREDICT, str(CAT), str(flag), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), proc.poll()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "unprompt: error: terminated" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flag"]
+
+
+def test_atomic_write_removes_only_the_temporaries_of_dead_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from retriever.files import atomic_write
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale, live = tmp_path / f".x.csv.{dead}.tmp", tmp_path / ".x.csv.1.tmp"  # pid 1 is always alive
+    other, lookalike = tmp_path / f".y.csv.{dead}.tmp", tmp_path / f".x.csv.7.tmp.{dead}.tmp"
+    for p in (stale, live, other, lookalike):
+        p.write_text("left over")
+    with atomic_write(tmp_path / "x.csv") as tmp:
+        tmp.write_text("new\n")
+    assert (tmp_path / "x.csv").read_text() == "new\n"
+    assert not stale.exists() and live.exists() and other.exists() and lookalike.exists()
+
+
+def test_listed_entries_that_are_not_regular_files_get_error_rows_not_silence(tmp_path, lite_profile):
+    folder = tmp_path / "L"
+    (folder / "s").mkdir(parents=True)
+    (folder / "s" / "cat.jpg").write_bytes(CAT.read_bytes())
+    (folder / "cat.jpg").write_bytes(CAT.read_bytes())
+    os.mkfifo(folder / "f.jpg")  # never opened: a FIFO would block the read
+    (folder / "d.jpg").symlink_to("/nonexistent.jpg")
+    (folder / "y.jpg").symlink_to(folder / "y.jpg")  # a loop
+    (folder / "z.png").symlink_to("/dev/zero")
+    (folder / "dir.jpg").mkdir()  # a folder named like an image is a folder, not an image
+    for extra in ([], ["-r"]):
+        res = run_cli("predict", str(folder), "--format", "tsv", *extra)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        rows = dict(line.split("\t") for line in res.stdout.splitlines())
+        names = sorted(os.path.relpath(p, folder) for p in rows)
+        assert names == sorted(["cat.jpg", "d.jpg", "f.jpg", "y.jpg", "z.png", *(["s/cat.jpg"] if extra else [])])
+        assert rows[str(folder / "cat.jpg")] and not rows[str(folder / "f.jpg")]
+        for name in ("d.jpg", "f.jpg", "y.jpg", "z.png"):
+            assert f"{name}: " in res.stderr
+
+
+def test_closed_stdout_a_junk_feedback_db_and_out_of_range_ports_are_one_line(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("unprompt", path=str(Path(sys.executable).parent))
+    closed = subprocess.run(["sh", "-c", 'exec "$0" "$@" 1>&-', exe, "predict", str(CAT)],
+                            capture_output=True, text=True, timeout=120)
+    assert clean_error(closed).count("standard output is closed") == 1
+    (tmp_path / "x.db").write_text("junk\n")
+    res = run_cli("feedback", "export", "--out", str(tmp_path / "fb"), "--db", str(tmp_path / "x.db"))
+    assert "cannot read the feedback database (file is not a database)" in clean_error(res)
+    for command in ("doctor", "serve"):
+        assert "must be at most 65535, not 99999" in clean_error(run_cli(command, "--port", "99999"))
+        assert "must be at least 0, not -1" in clean_error(run_cli(command, "--port", "-1"))
+
+
+def test_small_messages_read_cleanly(tmp_path):
+    import struct
+    import zlib
+
+    from retriever.images import ImageRejected, admit_image
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[[sources]]\nname = "a"\npath = "a.txt"\nbogus = 1\nother = 2\n')
+    res = run_cli("build-index", str(bad), "--out", str(tmp_path / "idx"))
+    message = clean_error(res)
+    assert "is invalid: sources.0" in message and "\\n" not in message and "; sources.0" in message
+
+    def png(w, h):
+        chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    for w, h in ((0, 5), (5, 0)):
+        with pytest.raises(ImageRejected, match=rf"zero side \({w}x{h}\)") as info:
+            admit_image(png(w, h), name="z.png")
+        assert info.value.reason == "bad_shape"
+
+    write_short(tmp_path / "t.csv", ["a", "b"], ["x", "y"])
+    (tmp_path / "p.csv").write_text("imgId,prompt\na,x\n,y\n")
+    res = run_cli("score", "--truth", str(tmp_path / "t.csv"), "--predictions", str(tmp_path / "p.csv"))
+    assert "empty 'imgId' in row(s) 2" in clean_error(res) and "None" not in res.stderr
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(CAT.read_bytes())
+    (tmp_path / "imgs" / "a.txt").mkdir()
+    res = run_cli("predict", str(tmp_path / "imgs"), "--sidecar", "txt")
+    assert "a.txt; move them first" in clean_error(res) and "already have" not in res.stderr

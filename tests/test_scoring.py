@@ -245,3 +245,36 @@ def test_eval_per_image_csv_guards_cells_that_would_run_as_formulas(tmp_path):
     assert table["prompt"].to_list() == ["'+1+1", "'-a cat"] and table["retrieval_prompt"][1] == "a=b"
     assert [restore_cell(t) for t in table["prompt"]] == ["+1+1", "-a cat"]
     assert json.loads((out / "report.json").read_text())["per_image"][0]["prompt"] == "+1+1"  # JSON keeps the text
+
+
+def test_submit_refuses_control_characters_in_ids_and_score_reads_every_id_it_writes(tmp_path, lite_profile):
+    from conftest import EXAMPLES, run_cli
+    from retriever.evaluation.tables import read_predictions
+
+    cat = (EXAMPLES / "cat.jpg").read_bytes()
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "we,ird\nid.jpg").write_bytes(cat)
+    res = run_cli("submit", str(odd), "--out", str(tmp_path / "s.csv"))
+    assert res.returncode == 2 and "hold control characters" in res.stderr and "'we,ird\\nid'" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "s.csv").exists()
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("we,ird id.jpg", "=x.jpg", 'q"uote.jpg'):
+        (images / name).write_bytes(cat)
+    s, p = tmp_path / "s.csv", tmp_path / "p.csv"
+    res = run_cli("submit", str(images), "--out", str(s), "--prompts-out", str(p))
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "submit: 3/3 img (100%)" in res.stderr  # plain lines off a terminal
+    assert sorted(read_predictions(s).ids) == sorted(["we,ird id", "=x", 'q"uote'])
+    res = run_cli("score", "--truth", str(p), "--predictions", str(s), "--bootstrap", "0")
+    assert res.returncode == 0 and res.stdout.startswith("score ") and "n=3" in res.stdout, res.stderr
+
+
+def test_long_format_ids_may_hold_a_newline(tmp_path):
+    import numpy as np
+
+    from retriever.evaluation.tables import read_predictions, write_long
+
+    write_long(tmp_path / "s.csv", ["a\nb", "c"], np.ones((2, 384), dtype=np.float32))
+    assert read_predictions(tmp_path / "s.csv").ids == ["a\nb", "c"]

@@ -112,3 +112,25 @@ def test_apply_sets_torch_and_reports_it(monkeypatch):
         assert plan.decode == threads.decode_workers() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_counts_are_bounded_by_the_host_and_decoders_by_the_usable_cpus(monkeypatch):
+    for key in ("UNPROMPT_THREADS", "OMP_NUM_THREADS", threads._OURS):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    assert threads.max_threads() == 8
+    plan = threads.plan_threads(8)
+    assert plan.intra_op == 8 and plan.decode == 2  # a quarter of 8, but never more processes than CPUs
+    monkeypatch.setenv("OMP_NUM_THREADS", "100000")  # the user's own: honoured, the decoders still capped
+    assert threads.plan_threads().decode == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with pytest.raises(UnpromptError, match="--threads must be at most 8"):
+        threads.plan_threads(9)
+    monkeypatch.setenv("UNPROMPT_THREADS", "300")
+    with pytest.raises(UnpromptError, match=r"\$UNPROMPT_THREADS must be at most 8 \(4 x the 2 CPUs"):
+        threads.plan_threads()
+    r = run_cli("predict", "none.jpg", "--threads", "100000", env={"UNPROMPT_THREADS": ""})
+    assert r.returncode == 2 and "argument --threads: must be at most 8" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("setup", "--dry-run", env={"UNPROMPT_THREADS": "300"})
+    assert r.returncode == 2 and "unprompt: error: $UNPROMPT_THREADS must be at most 8" in r.stderr

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Sequence
 
@@ -12,11 +14,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from api.cli import doctor, feedback, generate, indexes, predict, scoring, serve, sources, train  # noqa: E402
-from api.cli.common import Formatter, err, positive_int  # noqa: E402
+from api.cli.common import Formatter, err, open_standard_streams, positive_int  # noqa: E402
 from retriever import __version__  # noqa: E402
 from retriever.errors import UnpromptError, UnpromptWarning  # noqa: E402
 from retriever.profile import DEFAULT_PROFILE, PROFILE_ENV, builtin_profiles  # noqa: E402
-from retriever.threads import THREADS_ENV, configure_environment  # noqa: E402
+from retriever.threads import THREADS_ENV, configure_environment, max_threads, threads_problem  # noqa: E402
 
 EPILOG = """\
 examples:
@@ -52,10 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help=f"CPU threads for the models (default: ${THREADS_ENV}, else the CPUs this process may use "
-                        "(affinity and cgroup quota) that other processes are not keeping busy)")
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                   help=f"CPU threads for the models, 1 to {max_threads()} (default: ${THREADS_ENV}, else the CPUs "
+                        "this process may use (affinity and cgroup quota) that other processes are not keeping busy)")
     p.add_argument("--verbose", action="store_true", help="say on standard error how the CPU threads were split")
+
+
+def thread_count(value: str) -> int:
+    """The --threads type: a whole number in the range retriever.threads accepts (refused by argparse, rc 2)."""
+    n = positive_int(value)
+    problem = threads_problem(n)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return n
+
+
+thread_count.__name__ = "whole number"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -68,7 +82,27 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_show_warning = warnings.showwarning
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that atomic writes remove their temporary files."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; SIGTERM is handled while it runs (then the previous handler is back)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    open_standard_streams()
     warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err("interrupted")
         return 130
+    except Terminated:
+        err("terminated")
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import os
 import sys
 import tomllib
 from functools import lru_cache
@@ -29,8 +31,44 @@ _CONTROL = {i: f"\\x{i:02x}" for i in range(32) if chr(i) not in "\t"} | {10: "\
 
 
 def one_line(text: str) -> str:
-    """Control characters (a file name's newline, say) escaped: one message stays one line."""
-    return text.translate(_CONTROL)
+    """Control characters (a file name's newline, say) escaped, and bytes that are not UTF-8 too
+    (retriever.files.printable): one message stays one valid line."""
+    from retriever.files import printable
+
+    return printable(text).translate(_CONTROL)
+
+
+class ClosedOutput:
+    """Stands for a standard stream that was closed when unprompt started (``1>&-``): Python leaves None there,
+    and writing to it is one clear error (an OSError the entry point reports), not an AttributeError."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, f"{self.name} is closed; redirect it or give --out FILE")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def open_standard_streams() -> None:
+    """Put a :class:`ClosedOutput` where stdout is closed, and send messages to nowhere where stderr is."""
+    if sys.stdout is None:
+        sys.stdout = ClosedOutput("standard output")  # type: ignore[assignment]
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+
+
+def require_stdout() -> None:
+    """Refuse, before any work, to print results to a standard output that is closed."""
+    if isinstance(sys.stdout, ClosedOutput):
+        from retriever.errors import UnpromptError
+
+        raise UnpromptError("standard output is closed; redirect it or give --out FILE")
 
 
 def err(msg: str) -> None:
@@ -56,6 +94,7 @@ def bounded_int(lo: int, hi: int | None = None) -> Callable[[str], int]:
 
 positive_int = bounded_int(1)
 non_negative_int = bounded_int(0)
+port_number = bounded_int(0, 65535)  # 0: any free port
 
 
 def bounded_float(lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:

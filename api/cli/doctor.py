@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from api.cli.common import command
+from api.cli.common import command, port_number
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,4 +25,5 @@ def register(sub) -> None:
     p = command(sub, "doctor", run)
     p.add_argument("--checksums", action="store_true", help="SHA-256 every index file (slow on big indexes)")
     p.add_argument("--host", default=None, help="address the service would bind (default: UNPROMPT_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port the service would bind (default: UNPROMPT_PORT or 8000)")
+    p.add_argument("--port", type=port_number, default=None,
+                   help="port the service would bind, 0 to 65535 (default: UNPROMPT_PORT or 8000)")

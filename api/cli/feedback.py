@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 from api.cli.common import Formatter, help_texts
+from retriever.errors import UnpromptError
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -14,7 +16,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out, "--out")
     store = FeedbackStore(Path(args.db) if args.db else store_dir() / DB_NAME)
-    done = export(store, out, args.min_rating)
+    try:
+        done = export(store, out, args.min_rating)
+    except sqlite3.DatabaseError as exc:  # not an SQLite file, a damaged one, or one locked too long
+        raise UnpromptError(f"{store.path}: cannot read the feedback database ({exc})") from None
     print(f"{done.pairs}: {done.pairs_rows} (image, corrected prompt) pairs"
           + ("" if done.pairs_rows else " (no images were kept: the service keeps them with "
                                         "UNPROMPT_FEEDBACK_KEEP_IMAGES=1)"))

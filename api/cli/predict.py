@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from api.cli.common import bounded_int, command, err, positive_int
+from api.cli.common import bounded_int, command, err, positive_int, require_stdout
 from retriever.errors import UnpromptError
-from retriever.files import safe_cell
+from retriever.files import printable, safe_cell
 from retriever.feed import DEFAULT_BATCH_SIZE
-from retriever.images import IMAGE_SUFFIXES, ImageLimits, ImageRejected, list_images
+from retriever.images import ImageLimits, ImageRejected, is_listed_image, list_images
 from retriever.profile import MODES
 
 LIMITS = ImageLimits()
@@ -42,7 +44,8 @@ def expand(inputs: list[str], recursive: bool = False) -> tuple[list[str], dict[
             errors[item] = f"{item}: cannot list the folder ({exc.strerror or exc})"
             continue
         if skipped:
-            print(f"unprompt: note: {item}: {skipped} subfolder(s) not read; add --recursive to caption them too",
+            print(f"unprompt: note: {printable(item)}: {skipped} subfolder(s) not read; "
+                  "add --recursive to caption them too",
                   file=sys.stderr)
         out.extend(str(f) for f in files)
     return out, errors
@@ -53,7 +56,7 @@ def walk_images(folder: Path, recursive: bool) -> tuple[list[Path], int]:
     many subfolders were left out. A folder with no image anywhere is the usual clear error."""
     if not recursive:
         return list_images(folder), sum(1 for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    files = sorted(p for p in folder.rglob("*") if is_listed_image(p)
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     return (files, 0) if files else (list_images(folder), 0)
 
@@ -75,7 +78,12 @@ def plan_sidecars(paths: list[str], kind: str, overwrite: bool) -> tuple[list[st
         raise UnpromptError(f"--sidecar {kind}: these images would share one caption file: {shown}"
                             + (f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else "")
                             + "; rename one of each pair")
-    todo = paths if overwrite else [p for p in paths if not sidecar_path(p, kind).exists()]
+    odd = [str(sidecar_path(p, kind)) for p in paths
+           if os.path.lexists(sidecar_path(p, kind)) and not sidecar_path(p, kind).is_file()]
+    if odd:  # a folder named a.txt is no caption, and a caption could not be written there either
+        raise UnpromptError(f"--sidecar {kind}: {len(odd)} caption path(s) exist and are not regular files: "
+                            + "; ".join(odd[:3]) + (" ..." if len(odd) > 3 else "") + "; move them first")
+    todo = paths if overwrite else [p for p in paths if not sidecar_path(p, kind).is_file()]
     return todo, len(paths) - len(todo)
 
 
@@ -86,14 +94,33 @@ def write_sidecar(image: str, kind: str, result, profile: str, top: int) -> None
     if kind == "txt":
         text = result.prompt + "\n"
     else:
-        text = json.dumps({"image": Path(image).name, "profile": profile, **result.as_dict(False, top)},
+        text = json.dumps({"image": printable(Path(image).name), "profile": profile, **result.as_dict(False, top)},
                           ensure_ascii=False, indent=1) + "\n"
-    with atomic_write(sidecar_path(image, kind)) as tmp:
+    with atomic_write(sidecar_path(image, kind), clean_stale=False) as tmp:  # one per image: no folder scan
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+def read_sidecar(image: str, kind: str) -> dict:
+    """The caption an earlier run wrote beside ``image``: prompt (and, from a .json, negative prompt and
+    generator), or UnpromptError when it cannot be read."""
+    path = sidecar_path(image, kind)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if kind == "txt":
+            return {"prompt": text.strip()}
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise ValueError("no prompt in it")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UnpromptError(f"{path}: cannot read the caption ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                            "--overwrite to caption the image again") from None
+    return {"prompt": data["prompt"], "negative_prompt": str(data.get("negative_prompt") or ""),
+            "generator": str(data.get("generator") or "")}
+
+
 class Writer:
-    """One record per image, in input order: a failed image keeps its place (empty prompt, or its error)."""
+    """One record per image, in input order: a failed image keeps its place (empty prompt, or its error).
+    Paths and messages are written through ``printable``: a file name that is not UTF-8 costs no row."""
 
     def __init__(self, stream: TextIO, fmt: str, with_embedding: bool, top: int) -> None:
         self.stream, self.fmt, self.with_embedding, self.top = stream, fmt, with_embedding, top
@@ -104,6 +131,7 @@ class Writer:
             self.csv.writerow(["image", "prompt", "negative_prompt", "error", "source", "generator"])
 
     def result(self, path: str, result, extra: dict) -> None:
+        path = printable(path)
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, **result.as_dict(self.with_embedding, self.top), **extra}))
         elif self.csv:
@@ -113,7 +141,21 @@ class Writer:
             self._line(f"{_one_line(path)}\t{_one_line(result.prompt)}" if self.fmt == "tsv" else _one_line(result.prompt))
         self.stream.flush()
 
+    def captioned(self, path: str, caption: dict) -> None:
+        """An image skipped for the caption beside it: that caption, with source ``sidecar``."""
+        path, prompt = printable(path), caption["prompt"]
+        negative, generator = caption.get("negative_prompt", ""), caption.get("generator", "")
+        if self.fmt == "jsonl":
+            self._line(json.dumps({"image": path, "prompt": prompt, "negative_prompt": negative, "source": "sidecar",
+                                   "generator": generator or None}))
+        elif self.csv:
+            self.csv.writerow(map(safe_cell, [path, prompt, negative, "", "sidecar", generator]))
+        else:
+            self._line(f"{_one_line(path)}\t{_one_line(prompt)}" if self.fmt == "tsv" else _one_line(prompt))
+        self.stream.flush()
+
     def failure(self, path: str, message: str) -> None:
+        path, message = printable(path), printable(message)
         if self.fmt == "jsonl":
             self._line(json.dumps({"image": path, "error": message}))
         elif self.csv:
@@ -137,21 +179,28 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = "jsonl" if args.json else args.format
     out = check_output_file(args.out, "--out") if args.out else None
+    if out is None:
+        require_stdout()
     paths, unlisted = expand(args.images, args.recursive)
+    listed, captioned = paths, set()
     if args.sidecar:
         paths, skipped = plan_sidecars(paths, args.sidecar, args.overwrite)
         if skipped:
+            captioned = set(listed) - set(paths)
             print(f"unprompt: note: {skipped} image(s) already have a .{args.sidecar} caption, skipped "
-                  "(--overwrite to caption them again)", file=sys.stderr)
-        if not paths and not unlisted:
+                  "(--overwrite to caption them again)" + ("; --out lists them with that caption" if out else ""),
+                  file=sys.stderr)
+        if not paths and not unlisted and not out:
             return 0
-    if not any(Path(p).is_file() for p in paths):  # nothing to answer: say so before any model loads
+    if not (out and captioned) and not any(Path(p).is_file() for p in paths):  # say so before any model loads
         named = [*unlisted.values(), *paths]
         raise UnpromptError("no image to read: " + "; ".join(named[:5]) + (" ..." if len(named) > 5 else ""))
-    start_decoders()  # they start while torch and the models load
-    from retriever.pipeline import Interrogator
+    interrogator = None
+    if paths:
+        start_decoders()  # they start while torch and the models load
+        from retriever.pipeline import Interrogator
 
-    interrogator = Interrogator.load(args.profile)
+        interrogator = Interrogator.load(args.profile)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
     failures = len(unlisted)
     for message in unlisted.values():
@@ -164,9 +213,29 @@ def run(args: argparse.Namespace) -> int:
         writer = Writer(stream, fmt, not args.no_embedding, args.top)
         for folder, message in unlisted.items():
             writer.failure(folder, message)
+        # with --out, the images skipped for their caption keep their place in the table (nothing lost on a rerun)
+        order = deque(listed if out and captioned else [])
+
+        def read_back(upto: str | None) -> int:
+            """Rows for the captioned images listed before ``upto`` (all that remain for None); failures."""
+            bad = 0
+            while order and order[0] != upto:
+                image = order.popleft()
+                try:
+                    writer.captioned(image, read_sidecar(image, args.sidecar))
+                except UnpromptError as exc:
+                    bad += 1
+                    err(str(exc))
+                    writer.failure(image, str(exc))
+            if order:
+                order.popleft()  # ``upto`` itself: answered below
+            return bad
+
         answers = interrogate_files(interrogator, paths, args.batch_size, limits, args.mode, args.flavours,
-                                    stages=fmt == "jsonl" and not args.no_embedding, metadata=not args.no_metadata)
+                                    stages=fmt == "jsonl" and not args.no_embedding,
+                                    metadata=not args.no_metadata) if interrogator else iter(())
         for answer in progress(answers, len(paths), "predict"):
+            failures += read_back(answer.path)
             if answer.result is None:
                 failures += 1
                 err(answer.error or "")
@@ -176,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 write_sidecar(answer.path, args.sidecar, answer.result, interrogator.profile.name, args.top)
             writer.result(answer.path, answer.result,
                           {"timings_ms": answer.timings_ms, "profile": interrogator.profile.name})
+        failures += read_back(None)
     return 1 if failures else 0
 
 
@@ -199,7 +269,8 @@ def register(sub) -> None:
     p.add_argument("--sidecar", choices=SIDECARS, default=None,
                    help="also write each caption next to its image (name.txt: the prompt, kohya-style; name.json: "
                         "prompt, alternatives, negative prompt, candidates); images that already have one are "
-                        "skipped, so an interrupted run resumes where it stopped")
+                        "skipped, so an interrupted run resumes where it stopped (with --out, the table lists "
+                        "them too, with the caption read back from the sidecar)")
     p.add_argument("--overwrite", action="store_true", help="with --sidecar: caption images that already have one")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="images per model call (decoding runs ahead in threads); results do not depend on it")

@@ -26,7 +26,7 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from retriever.evaluation.run import submit
+    from retriever.evaluation.run import image_ids, submit
     from retriever.files import check_distinct_outputs, check_output_file
     from retriever.images import list_images
     from retriever.pipeline import Interrogator
@@ -35,7 +35,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if args.prompts_out:
         check_output_file(args.prompts_out, "--prompts-out")
         check_distinct_outputs({"--out": args.out, "--prompts-out": args.prompts_out})
-    list_images(args.images_dir)
+    image_ids(list_images(args.images_dir))  # bad names refused before the models load
     n = submit(Interrogator.load(args.profile), args.images_dir, args.out, prompts_out=args.prompts_out,
                batch_size=args.batch_size, metadata=not args.no_metadata)
     print(f"wrote {args.out}: {n} images x 384 rows" + (f"; prompts in {args.prompts_out}" if args.prompts_out else ""))

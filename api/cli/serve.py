@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import socket
 
-from api.cli.common import command
+from api.cli.common import command, port_number
 from retriever.errors import UnpromptError
 
 STARTUP_FAILURE = 3  # uvicorn's status when the app did not start (its lifespan failed)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         server = uvicorn.Server(uvicorn.Config(create_app(settings, interrogator), host=settings.host,
                                                port=settings.port, log_level="warning", access_log=False,
                                                **uvicorn_options(settings)))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's graceful stop, then the signal's own exit
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
@@ -80,5 +82,5 @@ def register(sub) -> None:
 
     fields = Settings.model_fields
     p.add_argument("--host", default=None, help=f"address to bind (default {fields['host'].default})")
-    p.add_argument("--port", type=int, default=None, help=f"port (default {fields['port'].default})")
+    p.add_argument("--port", type=port_number, default=None, help=f"port (default {fields['port'].default})")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (no micro-batching)")

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from retriever.evaluation.metric import Score, metric_embed, row_cosines, summarise
 from retriever.evaluation.tables import (Prompts, ScoreInputError, align, read_pairs, read_predictions, read_truth,
                                          write_long, write_short)
 from retriever.feed import DEFAULT_BATCH_SIZE, interrogate_files
-from retriever.files import check_output_file
+from retriever.files import check_output_file, printable
 from retriever.images import list_images
+from retriever.progress import progress as report_progress
 
 DEFAULT_CONSTANT_PROMPT = "a highly detailed digital painting of a beautiful landscape, trending on artstation, 8k"
 
@@ -61,25 +60,37 @@ def submit(interrogator, images_dir: str | Path, out: str | Path, progress: bool
     out = check_output_file(out, "--out")
     prompts_path = check_output_file(prompts_out, "--prompts-out") if prompts_out else None
     paths = list_images(images_dir)
-    ids = [p.stem for p in paths]
-    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
-    if dupes:
-        raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
+    ids = image_ids(paths)
     vectors, prompts, bad = [], [], []
     answers = interrogate_files(interrogator, paths, batch_size, stages=False, metadata=metadata)
-    for answer in tqdm(answers, total=len(paths), desc="submit",
-                       unit="img", disable=not progress):
+    for answer in report_progress(answers, len(paths), "submit") if progress else answers:
         if answer.result is None:
             bad.append(answer.error or answer.path)
             continue
         vectors.append(answer.result.embedding)
         prompts.append(answer.result.prompt)
     if bad:
-        raise ScoreInputError("no submission written; these images could not be read:\n  " + "\n  ".join(bad))
+        raise ScoreInputError(f"no submission written; {len(bad)} image(s) could not be read: " + "; ".join(bad))
     write_long(out, ids, np.stack(vectors))
     if prompts_path:
         write_short(prompts_path, ids, prompts)
     return len(ids)
+
+
+def image_ids(paths: list[Path]) -> list[str]:
+    """The submission's imgId of each image: its file name without the suffix (bytes that are not UTF-8 as
+    ``\\xNN``). Refused up front: ids that repeat, and ids with control characters (a newline or CR would
+    split Kaggle's imgId_eId key across lines, and ``score`` would not read the submission back)."""
+    ids = [printable(p.stem) for p in paths]
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dupes:
+        raise ScoreInputError(f"image ids (file names without suffix) repeat: {', '.join(dupes)}")
+    control = [i for i in ids if any(ord(c) < 32 or ord(c) == 127 for c in i)]
+    if control:
+        shown = ", ".join(repr(i) for i in control[:5]) + (f" and {len(control) - 5} more" if len(control) > 5 else "")
+        raise ScoreInputError(f"{len(control)} image name(s) hold control characters (a newline, a tab), which "
+                              f"no Kaggle imgId may: {shown}; rename them")
+    return ids
 
 
 @dataclass
@@ -121,8 +132,8 @@ def evaluate(interrogator, table: str | Path, train_prompts: list[str] | None = 
     per_stage: dict[str, list[float]] = {}
     timings: dict[str, list[float]] = {}
     answers = interrogate_files(interrogator, paths, batch_size, metadata=False)
-    for answer, truth, t_emb in tqdm(zip(answers, truths, truth_emb), total=len(truths), desc="eval", unit="img",
-                                     disable=not progress):
+    rows_in = zip(answers, truths, truth_emb)
+    for answer, truth, t_emb in report_progress(rows_in, len(truths), "eval") if progress else rows_in:
         if answer.result is None:
             raise ScoreInputError(f"{table}: {answer.error}")
         result = answer.result

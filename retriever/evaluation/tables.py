@@ -102,6 +102,7 @@ def read_truth(path: str | Path) -> Prompts:
         return read_predictions(path)
     _require(frame, ["imgId", "prompt"], path)
     _not_empty(frame, path)
+    _nulls(frame, ["imgId"], path)
     ids = [str(i) for i in frame["imgId"].to_list()]
     prompts = frame["prompt"].to_list()
     nulls = [i for i, p in zip(ids, prompts) if p is None]
@@ -117,9 +118,11 @@ def read_predictions(path: str | Path) -> Prompts:
     if "imgId_eId" in frame.columns:
         _require(frame, ["imgId_eId", "val"], path)
         _not_empty(frame, path)
+        _nulls(frame, ["imgId_eId"], path)
         return _long(frame.with_columns(pl.col("imgId_eId").cast(pl.String)), path)
     _require(frame, ["imgId", "prompt"], path)
     _not_empty(frame, path)
+    _nulls(frame, ["imgId"], path)
     ids = [str(i) for i in frame["imgId"].to_list()]
     _no_duplicates(ids, f"predictions {path}")
     prompts = frame["prompt"].to_list()
@@ -128,7 +131,8 @@ def read_predictions(path: str | Path) -> Prompts:
 
 
 def _long(frame: pl.DataFrame, path) -> Prompts:
-    key = r"^(.*)_(0|[1-9]\d{0,2})$"  # eId written as Kaggle does: no leading zeros (b_00 is not b_0)
+    # any imgId (a newline too); eId written as Kaggle does: no leading zeros (b_00 is not b_0)
+    key = r"(?s)^(.*)_(0|[1-9]\d{0,2})$"
     split = frame.select(
         pl.col("imgId_eId").str.extract(key, 1).alias("imgId"),
         pl.col("imgId_eId").str.extract(key, 2).cast(pl.Int64, strict=False).alias("eId"),
