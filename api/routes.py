@@ -185,15 +185,9 @@ async def feedback(request: Request, service: Service = Depends(ready), settings
 
 
 def _text(fields: dict, name: str) -> str:
-    """A text field as sent (missing or null: empty); anything but a string is refused, not stringified."""
-    from retriever.feedback import FeedbackError
-
+    """A text field as sent (missing or null: empty), never stringified: Feedback.checked refuses a non-string."""
     value = fields.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise FeedbackError(f"{name} must be a string")
-    return value
+    return "" if value is None else value
 
 
 def _rating(value) -> int | None:

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retriever.errors import UnpromptError
-from retriever.files import atomic_write, write_bytes_atomic
+from retriever.files import CONTROL_CHARS, atomic_write, write_bytes_atomic
 from retriever.paths import home
 
 DB_NAME = "feedback.sqlite3"
 MAX_PROMPT_CHARS = 2000
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SUFFIX = re.compile(r"^\.[a-z0-9]{2,5}$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1, left after whitespace (tab, LF, CR ...) is collapsed
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,7 +77,7 @@ def _check_text(name: str, value: object) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise FeedbackError(f"{name} is not valid Unicode (a lone surrogate)") from None
-    if CONTROL.search(" ".join(value.split())):
+    if CONTROL_CHARS.search(" ".join(value.split())):  # whitespace (tab, LF, CR ...) collapsed first
         raise FeedbackError(f"{name} holds a control character (NUL, escape ...)")
 
 

@@ -8,6 +8,7 @@ the temporary file is removed and the old file, if any, is left as it was.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,9 @@ from typing import Iterator
 from retriever.errors import UnpromptError
 
 TMP_SUFFIX = ".tmp"
+# C0 and C1 control characters (NUL, ESC, tab, LF, CR, DEL ...): what a text from a file or a request must not
+# carry into a terminal, a line-per-record file or a database
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # a CSV cell starting with one of these runs as a formula in spreadsheets (OWASP "CSV injection")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 

@@ -175,7 +175,9 @@ def _decode(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
     """The width and height a PNG's IHDR or a GIF's screen descriptor declares (None for other files)."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+    from retriever.metadata.containers import PNG_SIGNATURE
+
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")

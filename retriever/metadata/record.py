@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from retriever.files import CONTROL_CHARS
+
 Setting = str | int | float | bool
 MAX_SETTINGS = 48
 MAX_SETTING_CHARS = 300
@@ -25,14 +27,14 @@ class GenerationMetadata:
                 "settings": dict(self.settings), "found_in": self.found_in}
 
 
-_CONTROL_OR_BIDI = re.compile(r"[\x00-\x1f\x7f-\x9f]|([\u202a-\u202e\u2066-\u2069])")
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")  # overrides and isolates
 
 
 def clean_text(text: str) -> str:
     """Recorded text made safe to print, answer and write one to a line: C0 and C1 control characters (tab,
     CR and LF included: terminal escapes, NULs) become a space, bidi overrides and isolates go, whitespace runs
     collapse to one space."""
-    return " ".join(_CONTROL_OR_BIDI.sub(lambda m: "" if m.group(1) else " ", text).split())
+    return " ".join(CONTROL_CHARS.sub(" ", _BIDI.sub("", text)).split())
 
 
 def cleaned(record: "GenerationMetadata") -> "GenerationMetadata":
