@@ -9,9 +9,9 @@ texts shard by shard (8192 texts, as ``index_build/embed.py`` hands them to the 
 
 - baseline: what the build did before: ``SentenceTransformer.encode`` in batches of 16, torch's default
   threads (every CPU the host shows);
-- new: ``SentenceEncoder`` (tokenizers + torch functional ops, batches of similar token length), the thread
-  plan of ``retriever/threads.py``, and the batch size picked by ``calibrate_token_budget`` on the first shard
-  (its time is counted).
+- new: ``SentenceEncoder`` (tokenizers + torch functional ops, batches of similar token length, run on one
+  one-thread worker per CPU of the thread plan of ``retriever/threads.py``), with the batch size picked by
+  ``calibrated_embed`` while it embeds the first shard (its time is counted).
 
 Index contents: the shards are stored as float16 (rounding of 2^-11 relative, which rescoring reads back); the
 check is that the two methods' stored values differ by far less than that rounding, how many are
@@ -69,9 +69,9 @@ def worker(method: str, texts_file: str, out_file: str) -> None:
         def encode(chunk):
             return model.encode(chunk, batch_size=16, normalize_embeddings=True, show_progress_bar=False)
     else:
-        from index_build.embed import calibrate_token_budget
+        from index_build.embed import calibrated_embed
         from retriever.encoders.minilm import SentenceEncoder, METRIC_MODEL
-        from retriever.threads import apply_threads
+        from retriever.threads import apply_threads, batch_workers
 
         apply_threads()
         encoder = SentenceEncoder(METRIC_MODEL)
@@ -80,12 +80,15 @@ def worker(method: str, texts_file: str, out_file: str) -> None:
 
     load = time.perf_counter() - t0
     t1 = time.perf_counter()
-    if method == "new":
-        rates = calibrate_token_budget(encoder, texts[:SHARD])
+    parts = []
+    if method == "new":  # the first shard picks the batch size as it embeds (index_build/embed.py)
+        first, rates = calibrated_embed(encoder, texts[:SHARD])
+        parts.append(first)
         extra = {"budget": encoder.token_budget, "rates": {str(k): round(v) for k, v in rates.items()},
-                 "plan": plan.describe()}
-    vectors = np.concatenate([np.asarray(encode(texts[s:s + SHARD]), dtype=np.float32)
-                              for s in range(0, len(texts), SHARD)])
+                 "plan": plan.describe(), "workers": batch_workers(2 * plan.intra_op)}
+    parts += [np.asarray(encode(texts[s:s + SHARD]), dtype=np.float32)
+              for s in range(len(parts) * SHARD, len(texts), SHARD)]
+    vectors = np.concatenate(parts)
     seconds = time.perf_counter() - t1
     np.save(out_file, vectors)
     print(json.dumps({"method": method, "seconds": seconds, "load": load, "threads": torch.get_num_threads(),
@@ -134,7 +137,8 @@ def main() -> int:
               + ", ".join(f"{r['seconds']:.1f} s" for r in results[method]) + f"; {results[method][0]['threads']} "
               "torch threads)")
     new = results["new"][-1]
-    print(f"\nnew: {new['plan']}; calibrated batch {new['budget']} tokens; texts/s per candidate: {new['rates']}")
+    print(f"\nnew: {new['plan']}; batches run on {new['workers']} one-thread workers; calibrated batch "
+          f"{new['budget']} tokens; texts/s per candidate (first shard): {new['rates']}")
     print(f"speed-up (best run of each): {best['new'] / best['baseline']:.2f}x")
     a, b = np.load(tmp / "baseline.npy"), np.load(tmp / "new.npy")
     a16, b16 = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)

@@ -10,6 +10,7 @@ change (same content hash) is not embedded again. A shard whose header or size i
 from __future__ import annotations
 
 import hashlib
+from itertools import chain
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -121,32 +122,33 @@ def plan_jobs(sources: list[SourceTexts], model_id: str, shard_root: Path, shard
 
 
 CALIBRATE_MIN_TEXTS = 16384  # builds smaller than this keep the encoder's default batch
-CALIBRATE_SAMPLE = 768  # texts timed per candidate batch size
-TOKEN_BUDGETS = (512, 1024, 2048, 4096, 8192)
+TOKEN_BUDGETS = (256, 512, 1024, 2048)  # 4096 and 8192 were never fastest (bench/results/lite-build-cpu.txt)
 
 
-def calibrate_token_budget(encoder: TextEncoder, texts: Sequence[str], budgets: Sequence[int] = TOKEN_BUDGETS,
-                           sample: int = CALIBRATE_SAMPLE) -> dict[int, float]:
-    """Pick the batch size (tokens per batch, for an encoder that batches by ``token_budget``) this CPU runs
-    fastest, by timing each candidate on the same sample of the build's own texts; sets it, and returns the
-    texts/s of each candidate (empty for encoders that batch otherwise).
+def calibrated_embed(encoder: TextEncoder, texts: Sequence[str],
+                     budgets: Sequence[int] = TOKEN_BUDGETS) -> tuple[np.ndarray, dict[int, float]]:
+    """Embed ``texts`` (a build's first shard) and pick, on the way, the batch size (tokens per batch, for an
+    encoder that batches by ``token_budget``) this CPU runs fastest.
 
-    Results do not depend on it (batches of similar length; tests/test_minilm.py)."""
+    Each candidate embeds its own interleaved share of the texts (every k-th text: the same mix of lengths), so
+    the timing costs no extra work; the fastest is set on the encoder. Returns the vectors in input order and
+    the texts/s of each candidate (empty for encoders that batch otherwise). Results do not depend on the batch
+    size (batches of similar length; tests/test_minilm.py)."""
     import time
 
-    if not getattr(encoder, "exact_fast_path", False) or len(texts) == 0:
-        return {}
-    step = max(1, len(texts) // sample)
-    probe = list(texts[::step][:sample])
-    encoder.encode_text(probe[:64])  # warm-up: first calls allocate
+    if not getattr(encoder, "exact_fast_path", False) or len(texts) < 2 * len(budgets):
+        return np.asarray(encoder.encode_text(list(texts)), dtype=np.float32), {}
+    encoder.encode_text(list(texts[:32]))  # warm-up: first calls allocate
+    k = len(budgets)
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
     rates = {}
-    for budget in budgets:
+    for i, budget in enumerate(budgets):
         encoder.token_budget = budget
         t = time.perf_counter()
-        encoder.encode_text(probe)
-        rates[budget] = len(probe) / max(time.perf_counter() - t, 1e-9)
+        out[i::k] = encoder.encode_text(list(texts[i::k]))
+        rates[budget] = len(range(i, len(texts), k)) / max(time.perf_counter() - t, 1e-9)
     encoder.token_budget = max(rates, key=rates.__getitem__)
-    return rates
+    return out, rates
 
 
 def embed_sources(
@@ -165,11 +167,11 @@ def embed_sources(
     total = sum(j.rows for j in jobs)
     for job in jobs:
         job.path.parent.mkdir(parents=True, exist_ok=True)
-    if runner is None and total >= CALIBRATE_MIN_TEXTS:
-        calibrate_token_budget(encoder, jobs[0].texts())
+    calibrate = 1 if runner is None and total >= CALIBRATE_MIN_TEXTS else 0  # the first shard picks the batch size
+    first = ((job, calibrated_embed(encoder, job.texts())[0]) for job in jobs[:calibrate])  # as it embeds
     with tqdm(total=total, unit="text", unit_scale=True, desc=f"embed ({encoder.model_id})",
               disable=not progress or total == 0, smoothing=0.1) as bar:
-        for job, vectors in (runner or LocalRunner(encoder.encode_text)).run(jobs):
+        for job, vectors in chain(first, (runner or LocalRunner(encoder.encode_text)).run(jobs[calibrate:])):
             vectors = np.asarray(vectors, dtype=np.float16)
             if vectors.shape != (job.rows, encoder.dim):
                 raise IndexIntegrityError(f"encoder returned {vectors.shape} for {job.rows} texts of dim {encoder.dim}")

@@ -258,6 +258,34 @@ def apply_threads(threads: int | None = None) -> ThreadPlan:
     return plan
 
 
+def batch_workers(batches: int) -> int:
+    """How many threads should run independent batches at once, each with a single-threaded torch pool: the
+    plan's intra-op CPUs when there are at least two batches for each (fewer batches run one after another on
+    the whole pool). Two one-thread workers on 2 cores embed the lite build's short texts about a fifth faster
+    than one two-thread pool (small matrices: no barrier per op, each core's cache holds its own batch) and
+    never wait for a descheduled partner; bench/results/lite-build-cpu.txt."""
+    workers = current_plan().intra_op
+    return workers if workers > 1 and batches >= 2 * workers else 1
+
+
+def one_op_thread() -> None:
+    """A batch worker's initializer: this thread's torch (OpenMP and MKL) pool is itself alone.
+
+    torch sizes a thread's pool on its first op from a process-wide count; the first call below makes that
+    happen now, so the count the caller restores afterwards (:func:`restore_intra_op`) cannot reach it later."""
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def restore_intra_op() -> None:
+    """After batch workers: the process-wide count threads started later take is the plan's again."""
+    import torch
+
+    torch.set_num_threads(current_plan().intra_op)
+
+
 def in_force() -> dict:
     """The plan and what torch really runs with (for /v1/info and --verbose)."""
     plan = current_plan()

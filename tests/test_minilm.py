@@ -4,6 +4,7 @@ batching; and the lite start's other shortcuts (preprocessing without torchvisio
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -63,17 +64,67 @@ def test_batching_by_length_keeps_order_and_vectors():
     assert [list(b) for b in length_batches([50], token_budget=8)] == [[0]]  # too long alone: still a batch
 
 
-def test_calibration_picks_the_fastest_budget():
-    from index_build.embed import calibrate_token_budget
+def test_calibration_picks_the_fastest_budget_while_it_embeds():
+    from index_build.embed import calibrated_embed
 
     encoder = sentence_encoder()
     budget = encoder.token_budget
+    texts = real_prompts()[:32]
     try:
-        rates = calibrate_token_budget(encoder, real_prompts()[:32], budgets=(64, 512), sample=16)
+        vectors, rates = calibrated_embed(encoder, texts, budgets=(64, 512))
         assert set(rates) == {64, 512} and encoder.token_budget == max(rates, key=rates.get)
+        # each candidate embedded its own share; together they are the texts' vectors, in order
+        assert np.abs(vectors - encoder.encode_text(texts)).max() < 1e-6
     finally:
         encoder.token_budget = budget
-    assert calibrate_token_budget(object(), ["a"]) == {}  # an encoder that does not batch by tokens
+
+    class Plain:  # an encoder that does not batch by tokens: embedded as it is, nothing timed
+        dim = 2
+
+        def encode_text(self, texts):
+            return np.ones((len(texts), 2))
+
+    vectors, rates = calibrated_embed(Plain(), ["a", "b"])
+    assert rates == {} and vectors.shape == (2, 2)
+
+
+def test_batches_run_on_one_thread_workers_with_the_same_vectors(monkeypatch):
+    """Many batches on a CPU run in worker threads, each with a one-thread torch pool; the vectors are the
+    sequential path's, and the process-wide pool is the plan's again afterwards."""
+    import threading
+
+    import torch
+
+    from retriever import threads
+
+    encoder = sentence_encoder()
+    texts = real_prompts()
+    budget = encoder.token_budget
+    seen: list[tuple[str, int]] = []
+    embed = encoder._fast.embed
+
+    def spy(encodings):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return embed(encodings)
+
+    plan, before = threads.current_plan(), torch.get_num_threads()
+    monkeypatch.setattr(encoder._fast, "embed", spy)
+    try:
+        encoder.token_budget = 64  # many small batches
+        monkeypatch.setattr(threads, "_PLAN", dataclasses.replace(plan, intra_op=1))
+        alone = encoder.encode_text(texts)
+        assert {name for name, _ in seen} == {threading.current_thread().name}  # one CPU: no workers
+        seen.clear()
+        monkeypatch.setattr(threads, "_PLAN", dataclasses.replace(plan, intra_op=2))
+        pooled = encoder.encode_text(texts)
+        restored = torch.get_num_threads()
+    finally:
+        encoder.token_budget = budget
+        torch.set_num_threads(before)
+    assert all(name.startswith("embed") and n == 1 for name, n in seen) and len(seen) >= 4
+    assert np.abs(pooled - alone).max() < 1e-6
+    assert restored == 2  # the process-wide count is the plan's again
+    assert threads.batch_workers(3) == 1  # fewer than two batches a worker: no pool
 
 
 def test_preprocessing_equals_torchvision_to_the_bit():

