@@ -21,9 +21,13 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 THREADS_ENV = "UNPROMPT_THREADS"
 THREADS_PER_CPU = 4  # a fixed count may oversubscribe the host this much, no more (each count starts pools)
@@ -268,22 +272,42 @@ def batch_workers(batches: int) -> int:
     return workers if workers > 1 and batches >= 2 * workers else 1
 
 
-def one_op_thread() -> None:
-    """A batch worker's initializer: this thread's torch (OpenMP and MKL) pool is itself alone.
+_BATCH_POOL = threading.Lock()  # one pool of batch workers at a time in a process
 
-    torch sizes a thread's pool on its first op from a process-wide count; the first call below makes that
-    happen now, so the count the caller restores afterwards (:func:`restore_intra_op`) cannot reach it later."""
+
+@contextmanager
+def batch_pool(batches: int) -> Iterator[ThreadPoolExecutor | None]:
+    """Worker threads for ``batches`` independent batches, each thread with a one-thread torch pool, or None
+    where they should run one after another (:func:`batch_workers`; or another pool is running already).
+
+    torch sizes a thread's pool on its first op from a process-wide count, and that count (with MKL's, which
+    is process-wide) is set to one while the workers run; afterwards it is the plan's again. Other threads of
+    the process keep their own pool size, but their MKL calls run on one thread meanwhile."""
+    workers = batch_workers(batches)
+    if workers == 1 or not _BATCH_POOL.acquire(blocking=False):
+        yield None
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="batch", initializer=_one_op_thread)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(cancel_futures=True)  # Ctrl-C, or a batch failed: the batches not started are dropped
+        raise
+    finally:
+        pool.shutdown()
+        import torch
+
+        torch.set_num_threads(current_plan().intra_op)
+        _BATCH_POOL.release()
+
+
+def _one_op_thread() -> None:
+    """A batch worker's initializer: its first torch call sizes its pool now (so that the count restored later
+    cannot reach it), then to one thread."""
     import torch
 
     torch.get_num_threads()
     torch.set_num_threads(1)
-
-
-def restore_intra_op() -> None:
-    """After batch workers: the process-wide count threads started later take is the plan's again."""
-    import torch
-
-    torch.set_num_threads(current_plan().intra_op)
 
 
 def in_force() -> dict:

@@ -88,7 +88,7 @@ def test_calibration_picks_the_fastest_budget_while_it_embeds():
     assert rates == {} and vectors.shape == (2, 2)
 
 
-def test_batches_run_on_one_thread_workers_with_the_same_vectors(monkeypatch):
+def test_batches_run_on_one_thread_workers_with_the_same_vectors(monkeypatch, request):
     """Many batches on a CPU run in worker threads, each with a one-thread torch pool; the vectors are the
     sequential path's, and the process-wide pool is the plan's again afterwards."""
     import threading
@@ -108,6 +108,7 @@ def test_batches_run_on_one_thread_workers_with_the_same_vectors(monkeypatch):
         return embed(encodings)
 
     plan, before = threads.current_plan(), torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(before))  # whatever the plans below leave set
     monkeypatch.setattr(encoder._fast, "embed", spy)
     try:
         encoder.token_budget = 64  # many small batches
@@ -120,11 +121,27 @@ def test_batches_run_on_one_thread_workers_with_the_same_vectors(monkeypatch):
         restored = torch.get_num_threads()
     finally:
         encoder.token_budget = budget
-        torch.set_num_threads(before)
-    assert all(name.startswith("embed") and n == 1 for name, n in seen) and len(seen) >= 4
+    assert all(name.startswith("batch") and n == 1 for name, n in seen) and len(seen) >= 4
     assert np.abs(pooled - alone).max() < 1e-6
     assert restored == 2  # the process-wide count is the plan's again
     assert threads.batch_workers(3) == 1  # fewer than two batches a worker: no pool
+    with threads.batch_pool(8) as pool:  # one pool at a time: a second caller meanwhile runs in its own thread
+        assert pool is not None
+        with threads.batch_pool(8) as second:
+            assert second is None
+
+    def broken(encodings):
+        raise RuntimeError("a batch failed")
+
+    monkeypatch.setattr(encoder._fast, "embed", broken)
+    encoder.token_budget = 64
+    try:
+        with pytest.raises(RuntimeError, match="a batch failed"):
+            encoder.encode_text(texts)
+    finally:
+        encoder.token_budget = budget
+    with threads.batch_pool(8) as pool:  # the failure let the pool go
+        assert pool is not None
 
 
 def test_preprocessing_equals_torchvision_to_the_bit():

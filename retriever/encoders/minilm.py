@@ -17,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from retriever.errors import MissingWeightsError
-from retriever.threads import apply_threads, batch_workers, one_op_thread, restore_intra_op
+from retriever.threads import apply_threads, batch_pool
 
 METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the Kaggle metric's model
 # tokens per batch (rows x padded length) where a build has not calibrated its own (index_build/embed.py
@@ -219,19 +219,15 @@ class SentenceEncoder:
         encodings, lengths = self._fast.token_lengths(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         batches = length_batches(lengths, self.token_budget)
-        workers = batch_workers(len(batches)) if self._fast.device.type == "cpu" else 1
-        if workers == 1:
-            for rows in batches:
-                out[rows] = self._fast.embed([encodings[i] for i in rows])
-            return out
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="embed", initializer=one_op_thread) as pool:
-                for rows, vectors in zip(batches, pool.map(lambda r: self._fast.embed([encodings[i] for i in r]),
-                                                           batches)):
-                    out[rows] = vectors
-        finally:
-            restore_intra_op()
+        with batch_pool(len(batches) if self._fast.device.type == "cpu" else 0) as pool:
+            embedded = map(self._embed_rows, repeat(encodings), batches) if pool is None else \
+                pool.map(self._embed_rows, repeat(encodings), batches)
+            for rows, vectors in zip(batches, embedded):
+                out[rows] = vectors
         return out
+
+    def _embed_rows(self, encodings: Sequence, rows: np.ndarray) -> np.ndarray:
+        return self._fast.embed([encodings[i] for i in rows])
 
 
 @lru_cache(maxsize=4)
