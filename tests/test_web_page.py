@@ -8,7 +8,7 @@ import pytest
 
 from api.app import create_app
 from api.settings import Settings
-from browser import ARTIFACTS, chromium_page
+from browser import ARTIFACTS, chromium, page_in
 from conftest import EXAMPLES
 from server import LiveServer
 
@@ -21,9 +21,15 @@ def server(lite_interrogator):
         yield live
 
 
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
 @pytest.fixture()
-def page(server):
-    with chromium_page() as (page, problems):
+def page(server, browser):
+    with page_in(browser) as (page, problems):
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(server.url + "/")
