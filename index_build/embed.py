@@ -167,8 +167,10 @@ def embed_sources(
     total = sum(j.rows for j in jobs)
     for job in jobs:
         job.path.parent.mkdir(parents=True, exist_ok=True)
-    calibrate = 1 if runner is None and total >= CALIBRATE_MIN_TEXTS else 0  # the first shard picks the batch size
-    first = ((job, calibrated_embed(encoder, job.texts())[0]) for job in jobs[:calibrate])  # as it embeds
+    calibrate = 1 if runner is None and total >= CALIBRATE_MIN_TEXTS else 0
+    if calibrate:  # the largest shard goes first and picks the batch size as it embeds
+        jobs.insert(0, jobs.pop(max(range(len(jobs)), key=lambda i: jobs[i].rows)))
+    first = ((job, calibrated_embed(encoder, job.texts())[0]) for job in jobs[:calibrate])
     with tqdm(total=total, unit="text", unit_scale=True, desc=f"embed ({encoder.model_id})",
               disable=not progress or total == 0, smoothing=0.1) as bar:
         for job, vectors in chain(first, (runner or LocalRunner(encoder.encode_text)).run(jobs[calibrate:])):

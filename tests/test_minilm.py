@@ -88,6 +88,39 @@ def test_calibration_picks_the_fastest_budget_while_it_embeds():
     assert rates == {} and vectors.shape == (2, 2)
 
 
+def test_a_build_calibrates_on_its_largest_shard_and_writes_every_shard(tmp_path, monkeypatch):
+    """embed_sources hands the largest missing shard to calibrated_embed first (a small first source would time
+    the candidates on a few hundred texts), and every shard holds its own texts' vectors."""
+    from index_build import embed
+    from index_build.manifest import load_manifest
+    from index_build.read import read_manifest
+
+    (tmp_path / "small.txt").write_text("\n".join(f"small {i}" for i in range(10)))
+    (tmp_path / "big.txt").write_text("\n".join(f"big text number {i}" for i in range(60)))
+    (tmp_path / "m.toml").write_text("[[sources]]\nname = 'small'\npath = 'small.txt'\nkind = 'flavour'\n"
+                                     "[[sources]]\nname = 'big'\npath = 'big.txt'\nkind = 'flavour'\n")
+    staged = read_manifest(load_manifest(tmp_path / "m.toml"), tmp_path / "staged", 20)
+
+    class Encoder:  # batches by tokens, as the metric model does
+        model_id, dim, token_budget, exact_fast_path = "fake", 3, 1024, True
+
+        def encode_text(self, texts):
+            return np.array([[len(t), sum(map(ord, t)) % 97, 1.0] for t in texts], dtype=np.float32)
+
+    calibrated: list[int] = []
+    real = embed.calibrated_embed
+    monkeypatch.setattr(embed, "calibrated_embed", lambda enc, texts: calibrated.append(len(texts)) or
+                        real(enc, texts, budgets=(64, 128)))
+    monkeypatch.setattr(embed, "CALIBRATE_MIN_TEXTS", 30)
+    encoder = Encoder()
+    assert embed.embed_sources(staged, encoder, tmp_path / "shards", shard_size=20, progress=False) == \
+        {"small": 10, "big": 60}
+    assert calibrated == [20]  # the big source's full shard, not the small source's 10 texts
+    for st in staged:
+        vectors = np.concatenate(list(embed.source_vectors(tmp_path / "shards", "fake", st, 20)))
+        np.testing.assert_array_equal(vectors, Encoder().encode_text(st.all_texts()).astype(np.float16))
+
+
 def test_batches_run_on_one_thread_workers_with_the_same_vectors(monkeypatch, request):
     """Many batches on a CPU run in worker threads, each with a one-thread torch pool; the vectors are the
     sequential path's, and the process-wide pool is the plan's again afterwards."""
