@@ -127,8 +127,8 @@ TOKEN_BUDGETS = (256, 512, 1024, 2048)  # 4096 and 8192 were never fastest (benc
 
 def calibrated_embed(encoder: TextEncoder, texts: Sequence[str],
                      budgets: Sequence[int] = TOKEN_BUDGETS) -> tuple[np.ndarray, dict[int, float]]:
-    """Embed ``texts`` (a build's first shard) and pick, on the way, the batch size (tokens per batch, for an
-    encoder that batches by ``token_budget``) this CPU runs fastest.
+    """Embed ``texts`` (a build's largest shard, embedded first) and pick, on the way, the batch size (tokens
+    per batch, for an encoder that batches by ``token_budget``) this CPU runs fastest.
 
     Each candidate embeds its own interleaved share of the texts (every k-th text: the same mix of lengths), so
     the timing costs no extra work; the fastest is set on the encoder. Returns the vectors in input order and

@@ -9,7 +9,7 @@ Any other folder or name goes through sentence-transformers itself.
 
 Texts are embedded in batches of similar token length (sorted, then cut by a token budget), so short texts
 carry little padding and long ones do not make huge batches; the output keeps the input order. On a CPU, many
-batches run on one-thread workers, one per CPU of the thread plan (``retriever.threads.batch_workers``).
+batches run on one-thread workers, one per CPU of the thread plan (``retriever.threads.batch_pool``).
 """
 
 from __future__ import annotations
