@@ -167,8 +167,9 @@ def test_every_answer_is_in_the_error_shape(guarded):
 
 @pytest.fixture(scope="module")
 def patient(lite_interrogator):
-    """guarded's limits with timeouts a loaded CI machine does not reach: an over-limit head must be refused for
-    its size, not for a read that a busy machine delayed past guarded's 0.6 s (seen once in a full suite run)."""
+    """The default head limit (guarded's too) with timeouts a loaded CI machine does not reach: an over-limit head
+    must be refused for its size, not for a read that a busy machine delayed past guarded's 0.6 s (seen once in a
+    full suite run)."""
     settings = Settings(header_timeout_s=30, body_timeout_s=30)
     with LiveServer(create_app(settings, lite_interrogator), **uvicorn_options(settings)) as server:
         yield server
