@@ -21,6 +21,7 @@ from retriever.images import ImageRejected
 from retriever.pipeline import Interrogation
 from retriever.profile import Mode
 from retriever.stages.recorded import ImageWithMetadata
+from retriever.encoders.runtime import runtimes
 from retriever.threads import in_force as threads_in_force
 
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {
@@ -131,6 +132,7 @@ async def info(service: Service = Depends(ready), settings: Settings = Depends(g
         "batching": {"enabled": settings.batching, "max_batch_size": service.batcher.max_batch_size,
                      "max_wait_ms": settings.max_wait_ms},
         "threads": {**threads_in_force(), "decode_workers_running": service.decoder.workers},
+        "runtimes": runtimes(it.retrieval_space, it.rerank_space, it.metric),  # ONNX Runtime or torch, per model
     }
 
 

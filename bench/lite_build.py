@@ -74,7 +74,7 @@ def worker(method: str, texts_file: str, out_file: str) -> None:
         from retriever.threads import apply_threads, batch_workers
 
         apply_threads()
-        encoder = SentenceEncoder(METRIC_MODEL)
+        encoder = SentenceEncoder(METRIC_MODEL, runtime="torch")  # the path measured in lite-build-cpu.txt
         encode = encoder.encode_text
     import torch
 

@@ -166,10 +166,12 @@ def place(index: Any, vectors: np.ndarray | None, prefer: Preference = "auto") -
     """(FAISS index to search, exact GPU searcher or None, where) for this machine."""
     import faiss
 
-    try:
-        import torch
-    except ImportError:
-        torch = None
+    torch = None
+    if prefer == "gpu_exact":  # only the exact GPU searcher needs torch (a predict on ONNX Runtime never loads it)
+        try:
+            import torch
+        except ImportError:
+            pass
     backend = choose_backend(prefer, faiss, torch)
     if backend == "torch-exact" and vectors is not None:
         placed, exact, where = index, TorchExact(vectors, torch), "torch-exact (cuda)"

@@ -208,8 +208,9 @@ _PLAN: ThreadPlan | None = None
 
 
 def current_plan() -> ThreadPlan:
-    """The plan in force (made, and applied, on first use)."""
-    return _PLAN or apply_threads()
+    """The plan in force (made on first use, and put in the environment; torch's pools are set by
+    :func:`apply_threads`, which every torch model calls: a predict on ONNX Runtime never imports torch)."""
+    return _PLAN or configure_environment()
 
 
 def decode_workers() -> int:

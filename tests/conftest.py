@@ -52,14 +52,21 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:
-    """A private $UNPROMPT_HOME holding the lite index. It is linked from the one `unprompt setup` built
-    (the README's test command runs setup first) when that one is current, else built here once."""
-    from retriever.paths import home
+    """A private $UNPROMPT_HOME holding the lite index and the lite models' ONNX exports, linked from the ones
+    `unprompt setup` made (the README's test command runs setup first); what is missing is built here once."""
+    from retriever.encoders.onnx_export import ensure_exports
+    from retriever.paths import HOME_ENV, home
+    from retriever.profile import load_profile
 
     source = home() / "indexes" / LITE_INDEX
     root = tmp_path_factory.mktemp("unprompt-home")
     if (source / "build.json").is_file():
         _link_tree(source, root / "indexes" / LITE_INDEX)
+    if (home() / "onnx").is_dir():
+        _link_tree(home() / "onnx", root / "onnx")
+    with pytest.MonkeyPatch.context() as mp:  # current ones are read from their records: no model loads
+        mp.setenv(HOME_ENV, str(root))
+        ensure_exports(load_profile("lite"))
     return root
 
 
@@ -71,6 +78,7 @@ def private_home(session_home, tmp_path_factory, monkeypatch) -> Path:
     own = tmp_path_factory.mktemp("home")
     (own / "indexes").mkdir()
     (own / "indexes" / LITE_INDEX).symlink_to(session_home / "indexes" / LITE_INDEX, target_is_directory=True)
+    (own / "onnx").symlink_to(session_home / "onnx", target_is_directory=True)
     monkeypatch.setenv(HOME_ENV, str(own))
     return own
 

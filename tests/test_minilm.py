@@ -10,11 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever.encoders.minilm import METRIC_MODEL, length_batches, resolve_sentence_model, sentence_encoder
+from retriever.encoders.minilm import METRIC_MODEL, SentenceEncoder, length_batches, resolve_sentence_model
 
 SD_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "sd-dev" / "prompts.csv"
 DEVSET = Path(__file__).resolve().parents[1] / "data_manifests" / "devset"
 HOSTILE = ["", "   ", "  padded  ", "A CAT", "über café 日本語 😀 \u200b", "word " * 400, "x", "\t\n", "ﬁne ligature"]
+
+
+RUNTIMES = ("torch", "onnx")  # both runtimes of the metric model (retriever/encoders/runtime.py)
+_ENCODERS: dict[str, SentenceEncoder] = {}
+
+
+def sentence_encoder(runtime: str = "torch") -> SentenceEncoder:
+    """The metric model in one runtime (the ONNX export is the session home's: tests/conftest.py)."""
+    if runtime not in _ENCODERS:
+        _ENCODERS[runtime] = SentenceEncoder(METRIC_MODEL, runtime=runtime)
+    assert _ENCODERS[runtime].runtime == runtime
+    return _ENCODERS[runtime]
 
 
 def real_prompts() -> list[str]:
@@ -24,7 +36,8 @@ def real_prompts() -> list[str]:
     return list(dict.fromkeys(rows))
 
 
-def test_fast_path_matches_sentence_transformers_on_real_prompts():
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_fast_path_matches_sentence_transformers_on_real_prompts(runtime):
     if not SD_DEV.is_file():
         pytest.skip(f"{SD_DEV} absent: the real generated prompts live beside the repository (shared/)")
     from retriever._compat import ensure_torchvision_importable
@@ -33,7 +46,7 @@ def test_fast_path_matches_sentence_transformers_on_real_prompts():
     from sentence_transformers import SentenceTransformer
 
     texts = real_prompts() + HOSTILE
-    encoder = sentence_encoder()
+    encoder = sentence_encoder(runtime)
     assert encoder.exact_fast_path
     reference = SentenceTransformer(resolve_sentence_model(METRIC_MODEL), device="cpu")
     expected = reference.encode(texts, batch_size=16, normalize_embeddings=True, show_progress_bar=False)
@@ -43,8 +56,9 @@ def test_fast_path_matches_sentence_transformers_on_real_prompts():
     assert encoder.vocabulary() == {w for w in reference.tokenizer.get_vocab() if w.isalpha()}
 
 
-def test_batching_by_length_keeps_order_and_vectors():
-    encoder = sentence_encoder()
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_batching_by_length_keeps_order_and_vectors(runtime):
+    encoder = sentence_encoder(runtime)
     texts = real_prompts()[:12] + HOSTILE[:5] + HOSTILE[6:]
     alone = np.concatenate([encoder.encode_text([t]) for t in texts])  # no padding at all
     budget = encoder.token_budget

@@ -44,6 +44,7 @@ def test_health_ready_info_metrics_docs_and_page(client):
     assert 1 <= threads["intra_op"] <= threads["usable"] or threads["source"] != "auto"
     assert threads["torch_intra_op"] >= 1 and threads["inter_op"] == 1
     assert threads["decode_workers_running"] == max(2, threads["decode"])  # the plan's share, at least 2
+    assert info["runtimes"] == {"retrieval": "onnx", "rerank": "onnx", "metric": "onnx"}  # the exports' runtime
     assert "unprompt_requests_total" in client.get("/metrics").text
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()

@@ -30,7 +30,27 @@ def run_setup(args: argparse.Namespace) -> int:
         if options.gpus and not r.built and r.search.startswith("faiss-cpu"):
             print(f"  this machine has {options.gpus} GPU(s) but the index has CPU codes: "
                   f"`{profile.setup_command} --force` rebuilds it for the GPU")
+    _export_models(profile, args.force)
     return 0
+
+
+def _export_models(profile, force: bool) -> None:
+    """The profile's lite models as ONNX files (retriever.encoders.onnx_export): checked against torch, and
+    answered from their records when current. A failed export is a warning: those models run in torch."""
+    import warnings
+
+    from retriever.errors import UnpromptWarning
+
+    try:
+        from retriever.encoders.onnx_export import ensure_exports
+
+        results = ensure_exports(profile, force=force)
+    except (ImportError, UnpromptError) as exc:
+        warnings.warn(f"the lite models were not exported to ONNX ({exc}); they run in torch", UnpromptWarning)
+        return
+    for r in results:
+        state = f"exported in {r.seconds:.1f} s" if r.exported else "up to date"
+        print(f"model {r.label}: ONNX, {state}, within {r.max_diff:.1g} of torch ({r.path})")
 
 
 def run_build_index(args: argparse.Namespace) -> int:

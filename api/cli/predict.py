@@ -201,6 +201,11 @@ def run(args: argparse.Namespace) -> int:
         from retriever.pipeline import Interrogator
 
         interrogator = Interrogator.load(args.profile)
+        if args.verbose:
+            from retriever.encoders.runtime import runtimes
+
+            ran = runtimes(interrogator.retrieval_space, interrogator.rerank_space, interrogator.metric)
+            print("unprompt: runtimes: " + ", ".join(f"{k} {v}" for k, v in ran.items()), file=sys.stderr)
     limits = ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_aspect=LIMITS.max_aspect)
     failures = len(unlisted)
     for message in unlisted.values():

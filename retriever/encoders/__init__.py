@@ -20,18 +20,19 @@ def create_space(spec: ClipSpaceSpec | BridgeSpaceSpec) -> Space:
     from retriever.profile import ClipSpaceSpec
     from retriever.threads import apply_threads
 
-    apply_threads()  # before the first model call: torch's pools sized to the CPUs this process may use
     if isinstance(spec, ClipSpaceSpec):
         from retriever.encoders.clip import ClipSpace
 
+        apply_threads()  # before the first model call: torch's pools sized to the CPUs this process may use
         ensure_torchvision_importable()  # open_clip imports torchvision
         return ClipSpace(spec)
     from retriever.encoders.bridge import BridgeSpace
-    from retriever.encoders.efficientnet import EfficientNetLiteClassifier
+    from retriever.encoders.efficientnet import efficientnet_classifier
     from retriever.encoders.minilm import sentence_encoder
 
+    # each model applies the thread plan itself: to torch's pools, or to its ONNX Runtime session
     return BridgeSpace(
-        EfficientNetLiteClassifier(spec.classifier),
+        efficientnet_classifier(spec.classifier),
         sentence_encoder(spec.text_model),
         class_template=spec.class_template,
         top_classes=spec.top_classes,

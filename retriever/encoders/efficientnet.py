@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from retriever.device import inference, pick_device, to_device
 from retriever.errors import MissingWeightsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from retriever.encoders.onnx_models import OnnxClassifier
 
 CPU_CHUNK = 1
 _WEIGHT_PACKAGES = {
@@ -47,12 +51,36 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     return (x - np.float32(0.5)) / np.float32(0.5)
 
 
+def efficientnet_classifier(name: str, runtime: str | None = None) -> EfficientNetLiteClassifier | OnnxClassifier:
+    """The classifier in ONNX Runtime or torch: ``runtime`` fixes it, None chooses (retriever.encoders.runtime)."""
+    from retriever.encoders.onnx_files import classifier_label, current_export
+    from retriever.encoders.runtime import may_fall_back, runtime_for
+
+    weights = Path(weights_path(name))
+    export = current_export(classifier_label(name), weights)
+    if (runtime or runtime_for(export.path if export else None)) == "onnx":
+        from retriever.encoders.onnx_models import OnnxClassifier
+
+        if export is None:
+            raise MissingWeightsError(f"no current ONNX export of {name}: run `unprompt setup`")
+        loaded = OnnxClassifier.load(name, export, fallback=may_fall_back(runtime))
+        if loaded is not None:
+            return loaded
+    return EfficientNetLiteClassifier(name)
+
+
 class EfficientNetLiteClassifier:
     """image -> ImageNet-1k probabilities."""
+
+    runtime = "torch"
 
     def __init__(self, name: str, device: torch.device | None = None) -> None:
         from efficientnet_lite_pytorch import EfficientNet
 
+        from retriever.device import pick_device
+        from retriever.threads import apply_threads
+
+        apply_threads()
         self.device = device or pick_device()
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
             model = EfficientNet.from_pretrained(name, weights_path=weights_path(name))
@@ -66,6 +94,10 @@ class EfficientNetLiteClassifier:
     def predict(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(ImageNet-1k probabilities, the penultimate features: the pooled 1280-d output of the conv head that
         the classifier's last layer reads), from one forward pass."""
+        import torch
+
+        from retriever.device import inference, to_device
+
         batch = torch.from_numpy(np.stack([preprocess(im, self.size) for im in images]))
         # A GPU takes the batch at once; on the CPU these depthwise convolutions run fastest one image at a
         # time (lite2, 2 cores: 28 ms an image alone, 57 in batches of 8, 91 in batches of 32)

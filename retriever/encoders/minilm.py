@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from retriever.encoders.onnx_models import OnnxBertMean
 from retriever.errors import MissingWeightsError
 from retriever.threads import apply_threads, batch_pool
 
@@ -92,12 +93,11 @@ def _bert_mean_folder(location: str) -> Path | None:
     return folder if ok else None
 
 
-class _BertMean:
-    """BERT's forward in torch's functional ops over the file's own (memory-mapped) tensors, then masked mean
-    pooling and L2 normalisation. No module is built, so nothing is randomly initialised first."""
+class BertTokens:
+    """The folder's tokenizer with its sentence-transformers settings (max_seq_length, do_lower_case), and the
+    id, type and mask arrays of a batch: what both runtimes feed the model."""
 
-    def __init__(self, folder: Path, device) -> None:
-        from safetensors.torch import load_file
+    def __init__(self, folder: Path) -> None:
         from tokenizers import Tokenizer
 
         cfg = json.loads((folder / "config.json").read_text())
@@ -109,7 +109,40 @@ class _BertMean:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
+
+    def token_lengths(self, texts: Sequence[str]) -> tuple[list, list[int]]:
+        encodings = self.tokenizer.encode_batch([self._prepare(t) for t in texts])
+        return encodings, [len(e.ids) for e in encodings]
+
+    def _prepare(self, text: str) -> str:
+        text = str(text).strip()
+        return text.lower() if self.lower else text
+
+    @staticmethod
+    def arrays(encodings: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token ids, token types, attention mask) of a batch, padded to its longest text."""
+        n, longest = len(encodings), max(len(e.ids) for e in encodings)
+        ids = np.zeros((n, longest), dtype=np.int64)
+        types = np.zeros((n, longest), dtype=np.int64)
+        mask = np.zeros((n, longest), dtype=bool)
+        for r, e in enumerate(encodings):
+            ids[r, :len(e.ids)], types[r, :len(e.ids)], mask[r, :len(e.ids)] = e.ids, e.type_ids, True
+        return ids, types, mask
+
+
+class _BertMean:
+    """BERT's forward in torch's functional ops over the file's own (memory-mapped) tensors, then masked mean
+    pooling and L2 normalisation. No module is built, so nothing is randomly initialised first."""
+
+    runtime = "torch"
+
+    def __init__(self, folder: Path, device) -> None:
+        from safetensors.torch import load_file
+
+        cfg = json.loads((folder / "config.json").read_text())
+        self.tokens = BertTokens(folder)
         self.device = device
+        self.on_cpu = device.type == "cpu"
         self.dim, self.heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         self.eps = float(cfg["layer_norm_eps"])
         weights = load_file(str(folder / "model.safetensors"))  # memory-mapped
@@ -123,67 +156,78 @@ class _BertMean:
                                                           w[f"encoder.layer.{i}.{n}.bias"]))
                        for i in range(int(cfg["num_hidden_layers"]))]
 
-    def token_lengths(self, texts: Sequence[str]) -> tuple[list, list[int]]:
-        encodings = self.tokenizer.encode_batch([self._prepare(t) for t in texts])
-        return encodings, [len(e.ids) for e in encodings]
-
-    def _prepare(self, text: str) -> str:
-        text = str(text).strip()
-        return text.lower() if self.lower else text
-
     def embed(self, encodings: Sequence) -> np.ndarray:
         """One batch of tokenised texts -> normalised mean-pooled vectors (float32)."""
         import torch
+
+        ids, types, mask = self.tokens.arrays(encodings)
+        with torch.inference_mode():
+            tensors = (torch.from_numpy(a).to(self.device) for a in (ids, types, mask))
+            return self.forward(*tensors, masked=not bool(mask.all())).float().cpu().numpy()
+
+    def forward(self, ids, types, mask, masked: bool = True):
+        """ids, types (int64) and mask (bool), each (n, length) -> (n, dim) unit vectors. ``masked=False``
+        skips the attention mask (right only when every row is full length); the ONNX export keeps it."""
         from torch.nn import functional as F
 
-        n, longest = len(encodings), max(len(e.ids) for e in encodings)
-        ids = np.zeros((n, longest), dtype=np.int64)
-        types = np.zeros((n, longest), dtype=np.int64)
-        mask = np.zeros((n, longest), dtype=bool)
-        for r, e in enumerate(encodings):
-            ids[r, :len(e.ids)], types[r, :len(e.ids)], mask[r, :len(e.ids)] = e.ids, e.type_ids, True
+        n, longest = ids.shape
         word, token_type, position, norm_w, norm_b = self.embeddings
         h, heads = self.dim, self.heads
-        with torch.inference_mode():
-            mask_t = torch.from_numpy(mask).to(self.device)
-            attend = None if bool(mask.all()) else mask_t[:, None, None, :]
-            x = (F.embedding(torch.from_numpy(ids).to(self.device), word)
-                 + F.embedding(torch.from_numpy(types).to(self.device), token_type) + position[:longest])
-            x = F.layer_norm(x, (h,), norm_w, norm_b, self.eps)
-            for qw, qb, kw, kb, vw, vb, ow, ob, n1w, n1b, iw, ib, fw, fb, n2w, n2b in self.layers:
-                q, k, v = (F.linear(x, a, b).view(n, longest, heads, -1).transpose(1, 2)
-                           for a, b in ((qw, qb), (kw, kb), (vw, vb)))
-                att = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(n, longest, h)
-                x = F.layer_norm(x + F.linear(att, ow, ob), (h,), n1w, n1b, self.eps)
-                x = F.layer_norm(x + F.linear(F.gelu(F.linear(x, iw, ib)), fw, fb), (h,), n2w, n2b, self.eps)
-            m = mask_t.unsqueeze(-1).to(x.dtype)
-            pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return F.normalize(pooled, p=2, dim=1).float().cpu().numpy()
+        attend = mask[:, None, None, :] if masked else None
+        x = F.embedding(ids, word) + F.embedding(types, token_type) + position[:longest]
+        x = F.layer_norm(x, (h,), norm_w, norm_b, self.eps)
+        for qw, qb, kw, kb, vw, vb, ow, ob, n1w, n1b, iw, ib, fw, fb, n2w, n2b in self.layers:
+            q, k, v = (F.linear(x, a, b).view(n, longest, heads, -1).transpose(1, 2)
+                       for a, b in ((qw, qb), (kw, kb), (vw, vb)))
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).reshape(n, longest, h)
+            x = F.layer_norm(x + F.linear(att, ow, ob), (h,), n1w, n1b, self.eps)
+            x = F.layer_norm(x + F.linear(F.gelu(F.linear(x, iw, ib)), fw, fb), (h,), n2w, n2b, self.eps)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
 
 
 class SentenceEncoder:
-    def __init__(self, name: str, device: str | None = None, batch_size: int = 0, token_budget: int = 0) -> None:
-        apply_threads()
+    def __init__(self, name: str, device: str | None = None, batch_size: int = 0, token_budget: int = 0,
+                 runtime: str | None = None) -> None:
+        """``runtime``: "onnx" or "torch" to fix it, None to choose (retriever.encoders.runtime; a BERT-mean
+        folder only: any other model goes through sentence-transformers)."""
         location = resolve_sentence_model(name)
         self.model_id = sentence_model_id(name)
         folder = _bert_mean_folder(location)
-        self._fast: _BertMean | None = None
+        self._fast: _BertMean | OnnxBertMean | None = None
         self._model = None
         if folder is not None:
-            import torch
-
-            dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self._fast = _BertMean(folder, dev)
+            self._fast = self._load_fast(folder, device, runtime)
             self.dim = self._fast.dim
-            on_gpu = dev.type == "cuda"
+            on_gpu = not self._fast.on_cpu
         else:
+            apply_threads()
             self._model = self._load_sentence_transformer(name, location, device)
             self.dim = int(self._model.get_embedding_dimension())
             on_gpu = self._model.device.type == "cuda"
+        self.runtime = self._fast.runtime if self._fast else "sentence-transformers"
         # sentence-transformers' own path: CPU batches of 16 (4.0 ms a prompt against 7.4 ms at 256, measured on
         # 96 assembled prompts); a GPU takes 256 at once
         self.batch_size = batch_size or (256 if on_gpu else 16)
         self.token_budget = token_budget or (GPU_TOKEN_BUDGET if on_gpu else CPU_TOKEN_BUDGET)
+
+    @staticmethod
+    def _load_fast(folder: Path, device: str | None, runtime: str | None) -> _BertMean | OnnxBertMean:
+        from retriever.encoders.onnx_files import current_export, sentence_label
+        from retriever.encoders.runtime import may_fall_back, runtime_for
+
+        export = current_export(sentence_label(folder), folder / "model.safetensors")
+        if (runtime or runtime_for(export.path if export else None, device)) == "onnx":
+            if export is None:
+                raise MissingWeightsError(f"no current ONNX export of {folder}: run `unprompt setup`")
+            loaded = OnnxBertMean.load(folder, export, fallback=may_fall_back(runtime))
+            if loaded is not None:
+                return loaded
+        apply_threads()
+        import torch
+
+        return _BertMean(folder, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
     @staticmethod
     def _load_sentence_transformer(name: str, location: str, device: str | None):
@@ -201,12 +245,12 @@ class SentenceEncoder:
 
     @property
     def exact_fast_path(self) -> bool:
-        """True when the model runs through tokenizers + torch.nn, without sentence-transformers."""
+        """True when the model runs through tokenizers and torch.nn or ONNX Runtime, not sentence-transformers."""
         return self._fast is not None
 
     def vocabulary(self) -> set[str]:
         """The tokenizer's whole words (no "##" continuations): a word outside it is rare or misspelt."""
-        vocab = self._fast.tokenizer.get_vocab() if self._fast else self._model.tokenizer.get_vocab()
+        vocab = self._fast.tokens.tokenizer.get_vocab() if self._fast else self._model.tokenizer.get_vocab()
         return {w for w in vocab if w.isalpha()}
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -216,10 +260,11 @@ class SentenceEncoder:
             out = self._model.encode(
                 list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False)
             return np.asarray(out, dtype=np.float32)
-        encodings, lengths = self._fast.token_lengths(texts)
+        encodings, lengths = self._fast.tokens.token_lengths(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         batches = length_batches(lengths, self.token_budget)
-        with batch_pool(len(batches) if self._fast.device.type == "cpu" else 0) as pool:
+        # torch's CPU batches go to one-thread workers; ONNX Runtime's run one after another on its own pool
+        with batch_pool(len(batches) if self._fast.runtime == "torch" and self._fast.on_cpu else 0) as pool:
             embedded = map(self._embed_rows, repeat(encodings), batches) if pool is None else \
                 pool.map(self._embed_rows, repeat(encodings), batches)
             for rows, vectors in zip(batches, embedded):

@@ -13,19 +13,18 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from retriever.device import inference, pick_device, to_device
 from retriever.encoders.base import ImageEncoder, l2_normalize
 from retriever.errors import MissingWeightsError, UnpromptWarning
-from retriever.heads.model import check_head, load_head_file
-from retriever.heads.towers import finetuned_space_for
 from retriever.paths import resolve_home_path
 from retriever.profile import RegressConfig
+
+if TYPE_CHECKING:  # heads are torch modules: torch loads only for a profile that has one
+    import torch
 
 SpaceFor = Callable[[object], ImageEncoder]  # a space spec -> the (cached) space
 
@@ -46,6 +45,9 @@ class HeadRegressor:
 
     def __init__(self, path: str | Path, feature_model_id: str, feature_dim: int, target_model_id: str,
                  target_dim: int, device: torch.device | None = None) -> None:
+        from retriever.device import pick_device
+        from retriever.heads.model import check_head, load_head_file
+
         self.device = device or pick_device()
         self.head, self.meta = load_head_file(path)
         self.head.to(self.device)
@@ -53,6 +55,10 @@ class HeadRegressor:
                                      "target_model_id": target_model_id, "out_dim": target_dim})
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
+        from retriever.device import inference, to_device
+
         with inference(self.device):
             x = to_device(torch.from_numpy(np.asarray(features, np.float32)), self.device)
             return l2_normalize(self.head(x).float().cpu().numpy())
@@ -82,6 +88,8 @@ class HeadEnsemble:
 def load_regressor(config: RegressConfig, retrieval: ImageEncoder, target_model_id: str, target_dim: int,
                    space_for: SpaceFor, profile_name: str) -> HeadEnsemble | None:
     """The profile's heads; None (with a warning) when none can be found and the profile does not require one."""
+    from retriever.heads.towers import finetuned_space_for
+
     members, missing = [], []
     for ref in config.heads:
         path = resolve_home_path(ref.path)
