@@ -233,12 +233,20 @@ def test_requests_cut_by_shutdown_get_json_and_are_counted(lite_interrogator):
             return getattr(lite_interrogator, name)
 
         def interrogate_batch(self, images, mode=None, flavours=None):
-            release.wait(5)
+            release.wait(60)
             return lite_interrogator.interrogate_batch(images, mode, flavours)
 
     settings = Settings(shutdown_timeout_s=1, max_batch_size=64, max_wait_ms=20)
     app = create_app(settings, Stuck())
-    server = LiveServer(app, **uvicorn_options(settings))
+    entered: list[int] = []
+
+    async def counted(scope, receive, send):
+        # on a loaded machine 64 connections can take seconds to open: shut down only once all are in
+        if scope["type"] == "http":
+            entered.append(1)
+        await app(scope, receive, send)
+
+    server = LiveServer(counted, **uvicorn_options(settings))
     answers: list = []
 
     def client(_):
@@ -251,7 +259,11 @@ def test_requests_cut_by_shutdown_get_json_and_are_counted(lite_interrogator):
     with server:
         with ThreadPoolExecutor(64) as pool:
             futures = [pool.submit(client, i) for i in range(64)]
-            time.sleep(1.0)  # all 64 in flight, waiting on the stuck model
+            deadline = time.monotonic() + 30
+            while len(entered) < 64 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(entered) == 64, f"only {len(entered)} of 64 requests reached the server in 30 s"
+            time.sleep(0.3)  # let the last bodies reach the stuck model
             t = time.perf_counter()
             server.server.should_exit = True
             for f in futures:
