@@ -14,6 +14,8 @@ The plan is applied twice: ``configure_environment`` before torch (or faiss) loa
 never spins (``OMP_WAIT_POLICY=PASSIVE``, libgomp's switch; ``KMP_BLOCKTIME=0`` for an Intel OpenMP runtime)
 and child processes inherit the same limits; then ``apply_threads`` sets torch's intra-op and inter-op pools
 (inter-op can only be set before any inter-op work: unprompt never forks torch work, so it gets one thread).
+numpy's OpenBLAS, whose own pthreads pool spins after every call, runs on the calling thread
+(``calm_blas_before_numpy``, ``calm_loaded_blas``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ THREADS_ENV = "UNPROMPT_THREADS"
 THREADS_PER_CPU = 4  # a fixed count may oversubscribe the host this much, no more (each count starts pools)
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _OURS = "_UNPROMPT_OMP_NUM_THREADS"  # the OMP_NUM_THREADS unprompt itself set (children plan again)
+# OpenBLAS's own pthreads pool (numpy's) runs on the caller: see calm_loaded_blas. An OpenMP-backed OpenBLAS
+# (faiss's) ignores OPENBLAS_NUM_THREADS and follows OMP_NUM_THREADS (a 4096-query flat search took the same
+# time at 1 and 2, and twice as long with OMP_NUM_THREADS=1).
+SPINNING_BLAS_THREADS = "1"
 
 
 @dataclass(frozen=True)
@@ -222,7 +228,7 @@ def decode_workers() -> int:
 def environment(plan: ThreadPlan) -> dict[str, str]:
     """Variables that size and calm OpenMP/BLAS pools, for this process before torch loads and for children."""
     n = str(plan.intra_op)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": SPINNING_BLAS_THREADS,
             "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
@@ -240,7 +246,36 @@ def configure_environment(threads: int | None = None) -> ThreadPlan:
             os.environ.setdefault(key, value)
     os.environ[_OURS] = os.environ["OMP_NUM_THREADS"]
     _PLAN = plan
+    calm_loaded_blas()
     return plan
+
+
+def calm_blas_before_numpy() -> None:
+    """The CLI's first step, before numpy is imported: numpy's OpenBLAS then starts no thread pool at all (one
+    started at import spins for a while even with no work: 0.1 s of CPU)."""
+    os.environ["OPENBLAS_NUM_THREADS"] = SPINNING_BLAS_THREADS
+
+
+def calm_loaded_blas() -> int:
+    """Run the OpenBLAS libraries already loaded with their own pthreads pool on the calling thread; returns how
+    many were limited.
+
+    numpy's OpenBLAS starts a pool as wide as the host when numpy is imported, which the Python API's caller may
+    have done before any plan (it reads ``OPENBLAS_NUM_THREADS`` then, never again), and its threads spin after
+    each call: in a 7-image predict on one thread that pool's spinning took 0.33 s of CPU beside 1.7 s of work,
+    CPU that ONNX Runtime's or torch's own threads, or other processes, needed. numpy's products here are small
+    (candidate scores, rescoring a few hundred rows); the heavy ones run in ONNX Runtime, torch and faiss,
+    whose pools the plan sizes. Set through threadpoolctl; an OpenMP-backed OpenBLAS (faiss's) follows
+    ``OMP_NUM_THREADS`` and is left alone."""
+    if "numpy" not in sys.modules:
+        return 0
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return 0
+    spinning = ThreadpoolController().select(internal_api="openblas", threading_layer="pthreads")
+    spinning.limit(limits=1)
+    return len(spinning.lib_controllers)
 
 
 def apply_threads(threads: int | None = None) -> ThreadPlan:

@@ -72,10 +72,44 @@ def test_batching_by_length_keeps_order_and_vectors(runtime):
         encoder.token_budget = budget
     batches = length_batches([3, 9, 1, 9, 4], token_budget=18)
     assert [list(b) for b in batches] == [[1, 3], [4, 0, 2]]  # longest first; rows x longest <= budget
-    # a half-full batch ends where the length changes (one length: no padding, no mask); a less full one mixes
+    # a batch ends where padding the next length would cost more than another run; else lengths share one
     batches = length_batches([5, 5, 5, 4, 4, 4, 4, 4, 2], token_budget=20)
     assert [list(b) for b in batches] == [[0, 1, 2], [3, 4, 5, 6, 7], [8]]
     assert [list(b) for b in length_batches([50], token_budget=8)] == [[0]]  # too long alone: still a batch
+    assert length_batches([], token_budget=8) == []
+    # a predict's chain prompts: one padded batch would cost 8 x 31 tokens + one run; three lengths near 31 share
+    # a batch, and the 22s get their own
+    batches = length_batches([31, 31, 30, 30, 29, 22, 22, 22], token_budget=1024, overhead=16)
+    assert [list(b) for b in batches] == [[0, 1, 2, 3, 4], [5, 6, 7]]
+
+
+def _batch_cost(lengths, batches, overhead: int) -> int:
+    return sum(len(b) * max(lengths[i] for i in b) + overhead for b in batches)
+
+
+def test_length_batches_are_the_cheapest_cut_by_distinct_length():
+    """Against every way of cutting the distinct lengths into runs, each costing its rows x its longest plus
+    ``overhead`` for each batch the budget cuts it into: the batches chosen cost no more than the cheapest; every
+    row comes once; no batch of two or more rows passes the budget."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        lengths = [int(x) for x in rng.integers(1, 12, rng.integers(1, 9))]
+        budget, overhead = int(rng.integers(8, 40)), int(rng.integers(0, 20))
+        batches = length_batches(lengths, token_budget=budget, overhead=overhead)
+        assert sorted(int(i) for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget for b in batches)
+        distinct = sorted(set(lengths), reverse=True)
+        best = None
+        for k in range(len(distinct)):
+            for cuts in combinations(range(1, len(distinct)), k):
+                edges, cost = [0, *cuts, len(distinct)], 0
+                for a, b in zip(edges, edges[1:]):
+                    rows = sum(distinct[b - 1] <= n <= distinct[a] for n in lengths)
+                    cost += rows * distinct[a] + overhead * -(-rows // max(1, budget // distinct[a]))
+                best = cost if best is None else min(best, cost)
+        assert _batch_cost(lengths, batches, overhead) <= best
 
 
 def test_calibration_picks_the_fastest_budget_while_it_embeds():

@@ -134,3 +134,42 @@ def test_thread_counts_are_bounded_by_the_host_and_decoders_by_the_usable_cpus(m
     assert r.returncode == 2 and "argument --threads: must be at most 8" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("setup", "--dry-run", env={"UNPROMPT_THREADS": "300"})
     assert r.returncode == 2 and "unprompt: error: $UNPROMPT_THREADS must be at most 8" in r.stderr
+
+
+_BLAS_PROBE = """
+import json, os, sys
+{first}
+import numpy
+from threadpoolctl import threadpool_info
+
+def numpy_blas():
+    return [i["num_threads"] for i in threadpool_info() if "numpy" in i["filepath"] and i["user_api"] == "blas"]
+
+before = numpy_blas()
+from retriever import threads
+plan = threads.configure_environment(2)
+print(json.dumps({{"before": before, "after": numpy_blas(), "omp": os.environ["OMP_NUM_THREADS"],
+                  "openblas": os.environ["OPENBLAS_NUM_THREADS"]}}))
+"""
+
+
+@pytest.mark.parametrize("first", ["import api.cli", "pass"], ids=["cli", "python-api"])
+def test_numpy_openblas_runs_on_the_caller(first):
+    """numpy's OpenBLAS keeps a pthreads pool whose threads spin after each call: in the CLI it starts none (the
+    variable is set before numpy loads); where numpy came first (the Python API's caller), the plan limits it.
+    torch's and faiss's pools keep the plan's count (OMP_NUM_THREADS)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", _BLAS_PROBE.format(first=first)], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=str(threads.Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["after"] == [1] and seen["openblas"] == "1" and seen["omp"] == "2"
+    if first == "import api.cli":
+        assert seen["before"] == [1]  # never started a pool
+    else:
+        assert seen["before"] == [min(os.cpu_count() or 1, 64)]  # as wide as the host until the plan limits it

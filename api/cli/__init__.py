@@ -13,6 +13,10 @@ from typing import Sequence
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from retriever.threads import calm_blas_before_numpy  # noqa: E402 - stdlib only
+
+calm_blas_before_numpy()
+
 from api.cli import doctor, feedback, generate, indexes, predict, scoring, serve, sources, train  # noqa: E402
 from api.cli.common import Formatter, err, open_standard_streams, positive_int  # noqa: E402
 from retriever import __version__  # noqa: E402

