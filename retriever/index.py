@@ -24,6 +24,35 @@ class Hit:
     source: str
 
 
+def read_flags(faiss, factory: str, mmap: bool) -> list[int]:
+    """FAISS read flags to try in turn for an index of ``factory`` (the build record's), the last one plain.
+
+    ``IO_FLAG_MMAP_IFC`` maps the codes of IndexFlatCodes-derived indices (flat, scalar-quantised, PQ) and HNSW
+    from the file instead of copying them (faiss/index_io.h): the lite index's 82 MB of SQfp16 codes load in
+    4 ms instead of 54 ms, and stay in the page cache, shared by every process. ``IO_FLAG_MMAP`` maps inverted
+    lists; the two together fail on an IVF index with array inverted lists (faiss 1.15.1: "Error in ...
+    OnDiskInvertedListsIOHook::read_ArrayInvertedLists"), so an IVF factory never asks for both."""
+    if not mmap:
+        return [0]
+    mapped = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    ifc = getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    codes = [mapped | ifc] if ifc and "IVF" not in factory.upper() else []
+    return [*codes, mapped, 0]
+
+
+def _read_faiss(faiss, path: Path, flags: list[int], directory: Path):
+    """The index read with the first of ``flags`` that works (not every type maps); an unreadable file is an
+    IndexIntegrityError."""
+    for i, flag in enumerate(flags):
+        try:
+            return faiss.read_index(str(path), flag)
+        except RuntimeError as exc:
+            if i + 1 == len(flags):
+                raise IndexIntegrityError(
+                    f"index {directory}: FAISS cannot read the index file ({str(exc)[:200]})") from None
+    raise AssertionError("read_flags always ends with a plain read")
+
+
 class TextIndex:
     def __init__(self, directory: Path, record: BuildRecord, index, meta, vectors: np.ndarray | None) -> None:
         self.directory = directory
@@ -53,14 +82,8 @@ class TextIndex:
         directory = Path(directory)
         record = read_record(directory)
         verify_files(directory, record, checksums=checksums)
-        try:
-            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-            try:
-                index = faiss.read_index(str(directory / record.files["index"].path), flags)
-            except RuntimeError:  # not every index type can be memory-mapped
-                index = faiss.read_index(str(directory / record.files["index"].path))
-        except RuntimeError as exc:
-            raise IndexIntegrityError(f"index {directory}: FAISS cannot read the index file ({str(exc)[:200]})") from None
+        index = _read_faiss(faiss, directory / record.files["index"].path, read_flags(faiss, record.factory, mmap),
+                            directory)
         meta_path = directory / record.files["meta"].path
         try:
             meta = pl.read_parquet(meta_path) if meta_path.suffix == ".parquet" else pl.read_ipc(meta_path)

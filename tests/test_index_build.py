@@ -246,3 +246,31 @@ def test_shipped_example_manifests_parse():
         if path.suffix in (".toml", ".yaml", ".yml"):
             manifest = load_manifest(path)
             assert manifest.sources and all(s.kind in ("caption", "medium") for s in manifest.sources)  # coco, mediums
+
+
+@pytest.mark.parametrize("factory", ["Flat", "SQfp16", "IVF16,PQ8x4", "IVF16,Flat", "OPQ8,IVF16,PQ8x4", "HNSW16", "PQ8x4"])
+def test_the_first_read_flags_of_each_factory_map_the_file_and_search_the_same(tmp_path, factory):
+    """The flags ``read_flags`` tries first work for the factory (no silent fallback): IndexFlatCodes-derived and
+    HNSW indices map their codes, IVF ones their lists; the search answers as a plain read's do."""
+    import faiss
+
+    from retriever.index import _read_faiss, read_flags
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3000, 32), dtype=np.float32)
+    built = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    built.train(x)
+    built.add(x)
+    path = tmp_path / "index.faiss"
+    faiss.write_index(built, str(path))
+    flags = read_flags(faiss, factory, mmap=True)
+    assert flags[-1] == 0 and (flags[0] & faiss.IO_FLAG_MMAP_IFC) == (0 if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC)
+    mapped, plain = faiss.read_index(str(path), flags[0]), faiss.read_index(str(path))
+    for a, b in zip(mapped.search(x[:20], 5), plain.search(x[:20], 5)):
+        assert np.array_equal(a, b)
+    assert read_flags(faiss, factory, mmap=False) == [0]
+    del mapped  # a mapped file is never rewritten in place (generations are new files, renamed into place)
+    truncated = tmp_path / "truncated.faiss"
+    truncated.write_bytes(path.read_bytes()[:100])  # every flag fails, and the error says so
+    with pytest.raises(IndexIntegrityError, match="FAISS cannot read the index file"):
+        _read_faiss(faiss, truncated, flags, tmp_path)
