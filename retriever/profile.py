@@ -102,6 +102,10 @@ class AssembleConfig(_Strict):
     stop_without_gain: bool = Field(default=True, description="stop the chain when no component raises the score "
                                                               "(false: add the best one each step, up to max_chain)")
     max_tokens: int = Field(default=77, ge=3, le=77, description="CLIP context length, start/end tokens included")
+    lazy_round: int = Field(default=0, ge=0, description="0: every step of the chain scores every component; N: "
+                                                         "after the first step, score N at a time in order of "
+                                                         "their last gain, until the best gain beats every "
+                                                         "unscored one's last gain (lazy greedy)")
 
 
 Mode = Literal["fast", "classic", "best", "negative"]

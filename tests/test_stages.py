@@ -109,6 +109,67 @@ def test_greedy_chain_adds_while_score_rises_then_stops():
     assert limited.text.count(",") == 1
 
 
+class CoverageScore:
+    """encode() such that vector @ image = 0.1 + 0.8 * the mean over aspects of 1 - prod(1 - w): each component
+    covers aspects with weights, and gains less the more the prompt already covers its aspects (diminishing
+    returns; which component gains most changes as the prompt grows). A negative weight only lowers the score.
+    Counts the rows it embeds."""
+
+    def __init__(self, weights: dict[str, dict[int, float]], aspects: int):
+        self.weights = weights
+        self.aspects = aspects
+        self.image = np.array([1.0, 0.0], dtype=np.float32)
+        self.rows = 0
+
+    def __call__(self, texts):
+        self.rows += len(texts)
+        out = []
+        for t in texts:
+            covers = [self.weights.get(part, {}) for part in t.split(", ")]
+            cover = np.mean([1 - np.prod([1 - c.get(a, 0.0) for c in covers]) for a in range(self.aspects)])
+            s = 0.1 + 0.8 * cover + sum(min(0.0, w) for c in covers for w in c.values())
+            out.append([s, np.sqrt(1 - s * s)])
+        return np.asarray(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("stop_without_gain", [True, False])
+def test_lazy_chain_makes_the_full_chains_choices_with_fewer_encoder_rows(stop_without_gain):
+    rng = np.random.default_rng(0)
+    names = [f"component {i}" for i in range(12)]
+    weights = {n: {int(a): float(rng.uniform(0.2, 0.9)) for a in rng.choice(4, 2, replace=False)} for n in names}
+    weights["bad one"] = {0: -0.3}  # lowers the score: never added where the chain stops without gain
+    pools = [{"subject": [cand(f"subject {i}", "subject", 0.5)],
+              "flavour": [cand(t, "flavour", 0.2) for t in rng.permutation(names + ["bad one"])[: 8 + i]]}
+             for i in range(3)]
+    outs = {}
+    for lazy in (0, 1, 3):
+        enc = CoverageScore(weights, aspects=4)
+        cfg = AssembleConfig(templates=["{subject}"], chain_kinds=["flavour"], chain_candidates=16, max_chain=5,
+                             stop_without_gain=stop_without_gain, lazy_round=lazy)
+        got = Assembler(cfg).assemble_batch(np.stack([enc.image] * 3), pools, enc)
+        outs[lazy] = ([(a.text, round(a.score, 6)) for a in got], enc.rows)
+    full, full_rows = outs[0]
+    assert all(text.count(",") == 5 for text, _ in full) or stop_without_gain
+    for lazy in (1, 3):
+        texts, rows = outs[lazy]
+        assert texts == full  # the same prompts and scores
+        assert rows < full_rows  # for less work
+    assert outs[1][1] < outs[3][1] < full_rows
+
+
+def test_lazy_chain_scores_every_component_at_the_first_step_and_stops_on_stale_gains():
+    enc = CoverageScore({"big": {0: 0.5}, "small": {0: 0.01}, "bad": {0: -0.5}}, aspects=1)
+    cfg = AssembleConfig(templates=["{subject}"], chain_kinds=["flavour"], chain_candidates=8, max_chain=5,
+                         min_gain=0.02, lazy_round=1)
+    flavours = [cand(t, "flavour", 0.2) for t in ("bad", "small", "big")]
+    out = Assembler(cfg).assemble(enc.image, {"subject": [cand("s", "subject", 0.5)], "flavour": flavours}, enc)
+    assert out.text == "s, big"
+    # the template, the three first extensions, then one round (small, the larger last gain): it gains too
+    # little, and no component left gained more than min_gain last time (bad): the chain stops unscored
+    assert enc.rows == 1 + 3 + 1
+    assert {p.text for p in out.tried} == {"s", "s, bad", "s, small", "s, big", "s, big, small"}
+
+
 def test_chain_respects_the_77_token_cap():
     enc = ScoreByWords(step=0.01)
     cfg = AssembleConfig(templates=["{subject}"], chain_kinds=["flavour"], max_chain=50, chain_candidates=50)

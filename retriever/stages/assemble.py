@@ -90,6 +90,7 @@ class _Chain:
     pool: list[Candidate]
     tried: list[ScoredPrompt]
     active: bool = True
+    gains: dict[str, float] = field(default_factory=dict)  # component text -> the gain it gave when last scored
 
 
 class Assembler:
@@ -162,24 +163,78 @@ class Assembler:
         return pool + [c for c in style if c.text not in used and c.text not in seen]
 
     def _grow(self, chains: list[_Chain], encode: EncodeFn) -> bool:
-        """One step of the chain for every active image, in one encoder call; False when none is active."""
+        """One step of the chain for every active image; False when none is active. Each round of scoring is one
+        encoder call for the batch. Without ``lazy_round`` (and at every chain's first step) one round scores
+        every component. With it, later steps score ``lazy_round`` components a round, in order of the gain
+        each gave at its last scoring, until the best gain found is at least the next one's last gain: lazy
+        greedy, the same choice as scoring all of them wherever no component gains more than it did before."""
         steps = []
         for chain in chains:
             if chain.active:
                 ext = [(t, c) for c in chain.pool if self.fits(t := f"{chain.text}, {c.text}")]
                 chain.active = bool(ext)
                 if ext:
-                    steps.append((chain, ext))
+                    lazy = bool(self.config.lazy_round and chain.gains)
+                    steps.append(_Step(chain, self._order(chain, ext), self.config.lazy_round) if lazy
+                                 else _Step(chain, ext, len(ext), lazy=False))
         if not steps:
             return False
-        vectors = encode([t for _, ext in steps for t, _ in ext])
-        for (chain, ext), v in zip(steps, split_rows(vectors, [len(ext) for _, ext in steps])):
-            scores = v @ chain.target
-            chain.tried.extend(ScoredPrompt(t, float(s)) for (t, _), s in zip(ext, scores))
-            j = int(np.argmax(scores))
-            if self.config.stop_without_gain and scores[j] <= chain.score + self.config.min_gain:
-                chain.active = False
-                continue
-            chain.text, chain.score, chain.embedding = ext[j][0], float(scores[j]), v[j]
-            chain.pool.remove(ext[j][1])
+        pending = steps  # every step scores at least one round (a gain that was negative may not be now)
+        while pending:
+            rounds = [(step, step.next_round()) for step in pending]
+            vectors = encode([t for _, ext in rounds for t, _ in ext])
+            for (step, ext), v in zip(rounds, split_rows(vectors, [len(ext) for _, ext in rounds])):
+                step.score(ext, v)
+            pending = [step for step in pending if not step.decided(self.config)]
+        for step in steps:
+            step.apply(self.config)
         return True
+
+    @staticmethod
+    def _order(chain: _Chain, ext: list[tuple[str, Candidate]]) -> list[tuple[str, Candidate]]:
+        """Largest last gain first; a component never scored first of all."""
+        return sorted(ext, key=lambda e: -chain.gains.get(e[1].text, np.inf))
+
+
+@dataclass
+class _Step:
+    """One chain's step in progress: the extensions to score, in order, and the best one scored so far."""
+
+    chain: _Chain
+    order: list[tuple[str, Candidate]]
+    size: int  # extensions scored a round
+    lazy: bool = True  # may stop before scoring them all, on the last gains
+    done: int = 0
+    best: tuple[float, str, Candidate, np.ndarray] | None = None  # score, text, component, embedding
+
+    def next_round(self) -> list[tuple[str, Candidate]]:
+        take = self.order[self.done : self.done + self.size]
+        self.done += len(take)
+        return take
+
+    def score(self, ext: list[tuple[str, Candidate]], vectors: np.ndarray) -> None:
+        chain = self.chain
+        scores = vectors @ chain.target
+        chain.tried.extend(ScoredPrompt(t, float(s)) for (t, _), s in zip(ext, scores))
+        for (t, c), s, v in zip(ext, scores, vectors):
+            chain.gains[c.text] = float(s) - chain.score
+            if self.best is None or s > self.best[0]:
+                self.best = (float(s), t, c, v)
+
+    def decided(self, config: AssembleConfig) -> bool:
+        if self.done >= len(self.order):
+            return True
+        if not self.lazy:
+            return False
+        bound = self.chain.gains.get(self.order[self.done][1].text, np.inf)
+        if config.stop_without_gain and bound <= config.min_gain:
+            return True  # no component left gained enough last time
+        return self.best is not None and self.best[0] - self.chain.score >= bound
+
+    def apply(self, config: AssembleConfig) -> None:
+        chain = self.chain
+        if self.best is None or (config.stop_without_gain and self.best[0] <= chain.score + config.min_gain):
+            chain.active = False
+            return
+        chain.score, chain.text, component, chain.embedding = self.best
+        chain.pool.remove(component)
