@@ -173,3 +173,45 @@ def test_numpy_openblas_runs_on_the_caller(first):
         assert seen["before"] == [1]  # never started a pool
     else:
         assert seen["before"] == [min(os.cpu_count() or 1, 64)]  # as wide as the host until the plan limits it
+
+
+WORKER_PROBE = """\
+import sys
+from {module} import main
+
+
+def probe():
+    return "api.cli" in sys.modules
+
+
+if __name__ == "__main__":
+    from retriever.decode_pool import DecodePool
+
+    pool = DecodePool(workers=1)
+    print(pool._get().schedule(probe).result(timeout=120))
+"""
+
+
+@pytest.mark.parametrize("module, imported", [("api.console", False), ("api.cli", True)])
+def test_decode_workers_of_the_console_script_do_not_import_the_command_line(tmp_path, module, imported):
+    """A decode worker re-runs the main script's module first: pip's script for `api.console:main` imports only
+    that module; one that imported `api.cli` (the entry point before) makes every worker import the CLI."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unprompt"
+    script.write_text(WORKER_PROBE.format(module=module))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(imported)
+
+
+def test_the_console_script_is_the_light_entry_point():
+    import tomllib
+    from pathlib import Path
+
+    from api.console import main
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["unprompt"] == "api.console:main"
+    assert callable(main)
