@@ -7,7 +7,9 @@ Each template is filled ``top_n`` times, the r-th time with the r-th best candid
 a whole batch of images are scored in one text-encoder call. The greedy chain then appends components
 (``, X``) one at a time, keeping the one that raises the similarity with the image most, and stops when
 none raises it, after ``max_chain`` additions, or at the CLIP token limit; each step of the chain is one
-text-encoder call for the whole batch too.
+text-encoder call for the whole batch too. With ``lazy_round`` (lite sets 1) a later step scores a few components
+a round, in order of the gain each gave when last scored, and stops once the best gain found is at least every
+unscored one's last gain (lazy greedy: a round is one encoder call for the batch).
 """
 
 from __future__ import annotations
