@@ -18,7 +18,6 @@ the generated images; a missing table is named and left out.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -33,17 +32,17 @@ TABLES = ("data_manifests/examples/eval.csv", "data_manifests/devset/dev.csv", "
           "data_manifests/devset/sd-dev-dev.csv", "data_manifests/devset/sd-dev-heldout.csv")
 
 
-def read_tables(tables: list[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
-    from retriever.paths import local_file
+def read_tables(tables: list[str]) -> tuple[list[tuple[str, Path, str]], list[str]]:
+    """(table, image path, prompt) rows of the tables that exist, and the names of those that do not."""
+    from retriever.evaluation.tables import read_pairs
 
     rows, missing = [], []
     for table in tables:
-        path = ROOT / table
-        if not path.exists():
+        if not (ROOT / table).exists():
             missing.append(table)
             continue
-        with open(path, newline="", encoding="utf-8") as f:
-            rows += [(table, str(local_file(r["image"], path.parent)), r["prompt"]) for r in csv.DictReader(f)]
+        paths, prompts = read_pairs(ROOT / table)
+        rows += [(table, path, prompt) for path, prompt in zip(paths, prompts)]
     return rows, missing
 
 
@@ -70,7 +69,6 @@ def main() -> None:
     from PIL import Image
 
     from retriever.pipeline import Interrogator
-    from retriever.profile import load_profile
 
     rows, missing = read_tables(args.tables.split(","))
     if not rows:
@@ -79,8 +77,7 @@ def main() -> None:
     profile = shipped.profile
     if not profile.assemble.lazy_round:
         raise SystemExit(f"profile {args.profile!r} scores every component already (assemble.lazy_round = 0)")
-    full_profile = load_profile(args.profile)
-    full_profile = full_profile.model_copy(update={"assemble": full_profile.assemble.model_copy(update={"lazy_round": 0})})
+    full_profile = profile.model_copy(update={"assemble": profile.assemble.model_copy(update={"lazy_round": 0})})
     full = Interrogator(full_profile, shipped.retrieval_space, shipped.rerank_space, shipped.indexes, shipped.regressor)
     images = [Image.open(p).convert("RGB") for _, p, _ in rows]
     truth = shipped.metric.encode_text([p for _, _, p in rows])

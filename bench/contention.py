@@ -51,15 +51,9 @@ def export_rev(rev: str) -> Path:
 
 def table_images(tables: str) -> list[str]:
     """The image paths of eval tables (``image`` column; ``pkg:`` paths resolved where the package is installed)."""
-    import csv
+    from retriever.evaluation.tables import read_pairs
 
-    from retriever.paths import local_file
-
-    paths = []
-    for table in tables.split(","):
-        with open(ROOT / table, newline="", encoding="utf-8") as f:
-            paths += [str(local_file(row["image"], (ROOT / table).parent)) for row in csv.DictReader(f)]
-    return paths
+    return [str(path) for table in tables.split(",") for path in read_pairs(ROOT / table)[0]]
 
 
 def timed_predict(tree: Path, images: list[str], threads: int | None, cpus: str | None, timeout: float) -> float:
