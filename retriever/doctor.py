@@ -225,7 +225,7 @@ def _threads() -> Check:
 
     from retriever.threads import current_plan
 
-    plan = current_plan()  # the thread plan in force (retriever.threads: affinity, cgroup quota, busy CPUs)
+    plan = current_plan()  # the thread plan in force (retriever.threads: affinity, cgroup quota)
     cpus = plan.usable
     threads = torch.get_num_threads()
     text = f"torch uses {threads} thread(s) on {cpus} CPU(s) this process may run on ({plan.describe()})"

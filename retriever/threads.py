@@ -2,13 +2,12 @@
 
 The CPUs a process may really use are fewer than ``os.cpu_count()`` more often than not: its affinity mask
 (``taskset``, a cpuset) and its cgroup's CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1: a pod
-limited to 2 CPUs on a 64-core host). Of those, the ones other processes keep busy right now are not free either:
-an OpenMP pool wider than the free CPUs makes every parallel region wait for its slowest, descheduled thread
-(on 2 cores beside two other PyTorch jobs, today's code ran 5.4x faster than a pool of 2; bench/contention.py).
-
-So the default is the free share of the usable CPUs, at least one, measured at start from the number of
-runnable tasks (``/proc/loadavg``'s fourth field, sampled a few times: the 1-minute load average lags a minute
-behind). ``--threads N`` or ``$UNPROMPT_THREADS`` fixes it; a user's own ``$OMP_NUM_THREADS`` is honoured too.
+limited to 2 CPUs on a 64-core host). The default is that number, split so that the pools never ask for more.
+CPUs that other processes keep busy are not taken off: a pool whose threads sleep while they wait (below) gets
+its fair share of a busy CPU. On 2 cores beside two ``yes``, a pool of 2 ran the lite pipeline over 40 images
+about 20% faster than a pool of 1 on ONNX Runtime, and as fast on torch; beside two PyTorch jobs whose threads
+spin, as fast on ONNX Runtime (bench/contention.py times whole predicts). ``--threads N`` or
+``$UNPROMPT_THREADS`` fixes the count; a user's own ``$OMP_NUM_THREADS`` is honoured too.
 
 The plan is applied twice: ``configure_environment`` before torch (or faiss) loads OpenMP, so that its pool
 never spins (``OMP_WAIT_POLICY=PASSIVE``, libgomp's switch; ``KMP_BLOCKTIME=0`` for an Intel OpenMP runtime)
@@ -24,7 +23,6 @@ import math
 import os
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -43,10 +41,9 @@ SPINNING_BLAS_THREADS = "1"
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """What this process runs with: usable and free CPUs, and how they are split."""
+    """What this process runs with: the usable CPUs, and how they are split."""
 
     usable: int  # CPUs the affinity mask and the cgroup quota allow
-    free: int  # of those, not kept busy by other processes when the plan was made
     intra_op: int  # torch's (and faiss's, BLAS's) OpenMP pool
     inter_op: int  # torch's inter-op pool
     decode: int  # image-decoding workers (they run while the model waits on its input)
@@ -57,7 +54,7 @@ class ThreadPlan:
 
     def describe(self) -> str:
         return (f"threads: {self.intra_op} intra-op, {self.inter_op} inter-op, {self.decode} decode "
-                f"({self.source}; {self.usable} usable CPUs, {self.free} free)")
+                f"({self.source}; {self.usable} usable CPUs)")
 
 
 def _parse_v2_max(text: str) -> float | None:
@@ -126,27 +123,6 @@ def usable_cpus() -> int:
     return max(1, min(affinity, math.ceil(quota - 1e-9) if quota else affinity))
 
 
-def runnable_others(samples: int = 5, interval: float = 0.004) -> int:
-    """Tasks other than this one that are runnable now, host-wide (median of a few reads of /proc/loadavg)."""
-    counts = []
-    for i in range(samples):
-        try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
-            return 0
-        counts.append(running - 1)  # the reading thread itself is running
-        if i + 1 < samples:
-            time.sleep(interval)
-    return max(0, sorted(counts)[len(counts) // 2])
-
-
-def free_cpus(usable: int, others: int | None = None, host: int | None = None) -> int:
-    """Usable CPUs not taken by other runnable tasks (which may run on any of the host's CPUs), at least 1."""
-    others = runnable_others() if others is None else others
-    host = host or os.cpu_count() or usable
-    return max(1, min(usable, host - others))
-
-
 def split(budget: int) -> tuple[int, int, int]:
     """(intra-op, inter-op, decode) for a budget of CPUs.
 
@@ -198,16 +174,14 @@ def _explicit(value: int | None) -> tuple[int, str] | None:
 
 
 def plan_threads(threads: int | None = None) -> ThreadPlan:
-    """The thread plan: ``threads`` (--threads), else $UNPROMPT_THREADS, else $OMP_NUM_THREADS, else the free CPUs."""
+    """The thread plan: ``threads`` (--threads), else $UNPROMPT_THREADS, else $OMP_NUM_THREADS, else the usable CPUs."""
     usable = usable_cpus()
     fixed = _explicit(threads)
     if fixed is not None:
         n, source = fixed
         intra, inter, decode = n, 1, min(split(n)[2], usable)  # decode workers are processes: never past the CPUs
-        return ThreadPlan(usable, usable, intra, inter, decode, source)
-    free = free_cpus(usable)
-    intra, inter, decode = split(free)
-    return ThreadPlan(usable, free, intra, inter, decode, "auto")
+        return ThreadPlan(usable, intra, inter, decode, source)
+    return ThreadPlan(usable, *split(usable), "auto")
 
 
 _PLAN: ThreadPlan | None = None

@@ -73,3 +73,18 @@ def test_exif_rotation_survives_the_working_size(size, expected):
     exif[0x0112] = 6  # rotate 90 degrees
     out = admit_image(encode(Image.new("RGB", size, (200, 0, 0)), "JPEG", exif=exif))
     assert out.size == expected
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 3, 6, 8])
+def test_exif_orientation_turns_the_pixels_as_pillow_does(orientation):
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation or 0)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    data = encode(Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)), "PNG", exif=exif)
+    want = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    out = admit_image(data)
+    assert out.size == want.size and np.array_equal(np.asarray(out), np.asarray(want))
+    assert out.size == ((30, 50) if orientation in (6, 8) else (50, 30))

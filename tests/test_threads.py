@@ -1,6 +1,8 @@
-"""The thread plan: usable CPUs (affinity, cgroup v1/v2 quota), free CPUs, the split, the options."""
+"""The thread plan: usable CPUs (affinity, cgroup v1/v2 quota), the split, the options."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
@@ -54,19 +56,28 @@ def test_usable_cpus_rounds_a_quota_up_and_never_exceeds_affinity(monkeypatch):
     assert threads.usable_cpus() == 1
 
 
-def test_free_cpus_and_the_split_never_ask_for_more_than_the_budget():
-    assert threads.free_cpus(2, others=2, host=2) == 1  # beside two busy processes: one thread
-    assert threads.free_cpus(2, others=0, host=2) == 2
-    assert threads.free_cpus(4, others=30, host=64) == 4  # a 4-CPU quota on a host with CPUs to spare
-    assert threads.free_cpus(8, others=100, host=64) == 1
+def test_the_split_never_asks_for_more_than_the_budget():
     assert threads.split(1) == (1, 1, 1) and threads.split(2) == (2, 1, 1)
     for budget in range(3, 65):
         intra, inter, decode = threads.split(budget)
         assert intra + decode == budget and intra >= 1 and decode >= 1 and inter == 1
 
 
-def test_runnable_others_reads_proc_loadavg():
-    assert threads.runnable_others(samples=3, interval=0.0) >= 0
+def test_the_default_is_the_usable_cpus_busy_or_not(monkeypatch):
+    for key in ("UNPROMPT_THREADS", "OMP_NUM_THREADS", threads._OURS):
+        monkeypatch.delenv(key, raising=False)
+    for cpus, split in ((1, (1, 1, 1)), (2, (2, 1, 1)), (16, (12, 1, 4))):
+        monkeypatch.setattr(threads, "usable_cpus", lambda n=cpus: n)
+        plan = threads.plan_threads()
+        assert (plan.usable, plan.intra_op, plan.inter_op, plan.decode, plan.source) == (cpus, *split, "auto")
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    busy = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]  # they never sleep
+    try:
+        assert threads.plan_threads().intra_op == 2  # beside them, a sleeping pool of 2 still beats 1
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
 
 
 def test_explicit_counts_win_and_bad_ones_are_clear_errors(monkeypatch):

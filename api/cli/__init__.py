@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=thread_count, default=None, metavar="N",
                    help=f"CPU threads for the models, 1 to {max_threads()} (default: ${THREADS_ENV}, else the CPUs "
-                        "this process may use (affinity and cgroup quota) that other processes are not keeping busy)")
+                        "this process may use: its affinity mask and cgroup quota)")
     p.add_argument("--verbose", action="store_true", help="say on standard error how the CPU threads were split")
 
 
