@@ -6,7 +6,7 @@ limited to 2 CPUs on a 64-core host). The default is that number, split so that 
 CPUs that other processes keep busy are not taken off: a pool whose threads sleep while they wait (below) gets
 its fair share of a busy CPU. On 2 cores beside two ``yes``, a pool of 2 ran the lite pipeline over 40 images
 about 20% faster than a pool of 1 on ONNX Runtime, and as fast on torch; beside two PyTorch jobs whose threads
-spin, as fast on ONNX Runtime (bench/contention.py times whole predicts). ``--threads N`` or
+spin, within 5% of a pool of 1 (bench/contention.py times whole predicts). ``--threads N`` or
 ``$UNPROMPT_THREADS`` fixes the count; a user's own ``$OMP_NUM_THREADS`` is honoured too.
 
 The plan is applied twice: ``configure_environment`` before torch (or faiss) loads OpenMP, so that its pool
